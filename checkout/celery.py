@@ -1,0 +1,40 @@
+"""The Celery application: JSON only, late acks, three queues.
+
+`high` carries what a customer waits for (enrollments, notifications, payment
+retries), `default` the rest of the background work, `maintenance` the long
+database jobs, so a VACUUM never delays a payment.
+"""
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checkout.settings")
+
+app = Celery("checkout")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+QUEUES = ("high", "default", "maintenance")
+
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_queues=[Queue(name) for name in QUEUES],
+    task_default_queue="default",
+    # A task is acknowledged after it finishes, and given back to the queue when
+    # the worker running it dies, so a killed worker loses nothing.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_track_started=True,
+    task_time_limit=60 * 60,
+    task_soft_time_limit=55 * 60,
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    # Redis redelivers unacknowledged messages after this; longer than any task.
+    broker_transport_options={"visibility_timeout": 2 * 60 * 60},
+    broker_connection_retry_on_startup=True,
+    result_expires=None,  # db_cleanup prunes results
+)
+app.autodiscover_tasks()

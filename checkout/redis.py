@@ -1,0 +1,26 @@
+"""The process's Redis client (cache keys, locks, counters), or None when not configured."""
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+
+def raw_cache_key(key: str, key_prefix: str, version: int) -> str:
+    """Django cache key function that keeps keys as written (`cart:<token>`)."""
+    return key
+
+
+@lru_cache(maxsize=None)
+def _client(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+
+
+def get_redis() -> redis.Redis | None:
+    if not settings.REDIS_URL:
+        return None
+    return _client(settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT)

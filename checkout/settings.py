@@ -1,0 +1,198 @@
+"""Settings for checkout operations, read from the environment with safe defaults.
+
+With nothing set, the project runs on a SQLite file with no Redis and no broker
+(tasks then run in-process), which is what `make demo` uses. Production sets
+DATABASE_URL (PostgreSQL), REDIS_URL, the Razorpay keys and a SECRET_KEY.
+"""
+from datetime import timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from checkout.env import (
+    env_bool,
+    env_duration,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# --- core ---------------------------------------------------------------------
+DEBUG = env_bool("DEBUG", False)
+INSECURE_DEV_SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+SECRET_KEY = env_str("SECRET_KEY") or INSECURE_DEV_SECRET_KEY
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "django_celery_results",
+    "ops",
+    "carts",
+    "orders",
+    "payments",
+    "analytics",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "checkout.urls"
+WSGI_APPLICATION = "checkout.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- time ---------------------------------------------------------------------
+# Times are stored in UTC; days (reports, schedules) are counted in this zone.
+CHECKOUT_TIME_ZONE = env_str("CHECKOUT_TIME_ZONE", "Asia/Kolkata")
+try:
+    ZoneInfo(CHECKOUT_TIME_ZONE)
+except (ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"CHECKOUT_TIME_ZONE={CHECKOUT_TIME_ZONE!r} is not a known time zone"
+    ) from None
+USE_TZ = True
+TIME_ZONE = CHECKOUT_TIME_ZONE
+LANGUAGE_CODE = "en-us"
+USE_I18N = False
+
+# --- database -----------------------------------------------------------------
+DEFAULT_SQLITE = BASE_DIR / "demo.sqlite3"
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE}"
+try:
+    _db = dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+except Exception as exc:  # the library raises several types for a bad URL
+    raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {exc}") from None
+if not _db.get("NAME") and "sqlite" not in _db["ENGINE"]:
+    raise ImproperlyConfigured("DATABASE_URL names no database")
+if "postgresql" in _db["ENGINE"]:
+    _db.setdefault("OPTIONS", {})
+    _db["OPTIONS"].setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5, minimum=1))
+    _db["OPTIONS"].setdefault("application_name", "checkout-operations")
+if "sqlite" in _db["ENGINE"]:
+    # Jobs and the admin share the file; wait for the writer instead of failing.
+    _db.setdefault("OPTIONS", {})
+    _db["OPTIONS"].setdefault("timeout", 20)
+    _db["OPTIONS"].setdefault("transaction_mode", "IMMEDIATE")
+# Each concurrent test run gets its own database (see tests/conftest.py).
+_db["TEST"] = {"NAME": "test_checkout" + env_str("CHECKOUT_TEST_DB_SUFFIX")}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- redis, cache -------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0)
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Keys are written as given (`cart:<token>`), so jobs can find them.
+            "KEY_FUNCTION": "checkout.redis.raw_cache_key",
+            "OPTIONS": {
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+            },
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "KEY_FUNCTION": "checkout.redis.raw_cache_key",
+        }
+    }
+
+# --- celery -------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
+# With no broker configured (the demo), tasks run in-process.
+CELERY_TASK_ALWAYS_EAGER = env_bool(
+    "CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL.startswith("memory://")
+)
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+CELERY_CACHE_BACKEND = "default"
+CELERY_TIMEZONE = CHECKOUT_TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
+
+# --- domain -------------------------------------------------------------------
+CART_TTL = env_duration("CART_TTL", timedelta(hours=24))
+CART_ABANDON_AFTER = env_duration("CART_ABANDON_AFTER", timedelta(hours=1))
+ORDER_TTL = env_duration("ORDER_TTL", timedelta(hours=48))
+PAYMENT_SYNC_AFTER = env_duration("PAYMENT_SYNC_AFTER", timedelta(hours=1))
+CHECKOUT_CURRENCY = env_str("CHECKOUT_CURRENCY", "INR")
+
+# --- razorpay -----------------------------------------------------------------
+RAZORPAY_KEY_ID = env_str("RAZORPAY_KEY_ID")
+RAZORPAY_KEY_SECRET = env_str("RAZORPAY_KEY_SECRET")
+RAZORPAY_WEBHOOK_SECRET = env_str("RAZORPAY_WEBHOOK_SECRET")
+RAZORPAY_BASE_URL = env_str("RAZORPAY_BASE_URL")  # empty: the SDK's default (api.razorpay.com)
+RAZORPAY_TIMEOUT = env_float("RAZORPAY_TIMEOUT", 10.0)
+
+# --- email --------------------------------------------------------------------
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "checkout@localhost")
+SERVER_EMAIL = env_str("SERVER_EMAIL", DEFAULT_FROM_EMAIL)
+ADMINS = [("ops", addr) for addr in env_list("ADMIN_EMAILS", [])]
+
+# --- backups ------------------------------------------------------------------
+BACKUP_DIR = Path(env_str("BACKUP_DIR", str(BASE_DIR / "backups")))
+
+# --- static, security ---------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,130 @@
+"""The job runtime's tables: the run ledger, job leases, dead letters and the outbox."""
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class JobRun(models.Model):
+    """One run of a scheduled job: what triggered it, how it ended, what it did."""
+
+    class Trigger(models.TextChoices):
+        BEAT = "beat"
+        MANUAL = "manual"
+        RETRY = "retry"
+        CATCH_UP = "catch_up", "catch-up"
+        CONTINUATION = "continuation"
+        CHAIN = "chain"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCESS = "success"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    job = models.CharField(max_length=64)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    dry_run = models.BooleanField(default=False)
+    params = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    task_id = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["job", "-started_at"], name="jobrun_job_started_idx"),
+            models.Index(fields=["started_at"], name="jobrun_started_idx"),
+            models.Index(fields=["status", "job"], name="jobrun_status_job_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job} #{self.pk} {self.status}"
+
+
+class JobLease(models.Model):
+    """Portable single-flight lock: a lease renewed by heartbeats, free once expired.
+
+    PostgreSQL uses session advisory locks instead (released by the server when
+    the holder's connection dies); this table is the fallback elsewhere.
+    """
+
+    job = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=255)
+    acquired_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.job} held by {self.holder}"
+
+
+class DeadLetter(models.Model):
+    """A task that failed: retrying while attempts remain, dead after the last one."""
+
+    class State(models.TextChoices):
+        RETRYING = "retrying"
+        DEAD = "dead"
+        RECOVERED = "recovered"
+        REQUEUED = "requeued"
+
+    task_name = models.CharField(max_length=255)
+    task_id = models.CharField(max_length=255, unique=True)
+    queue = models.CharField(max_length=64, blank=True)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RETRYING)
+    attempts = models.PositiveIntegerField(default=1)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    first_failed_at = models.DateTimeField(default=timezone.now)
+    last_failed_at = models.DateTimeField(default=timezone.now)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    requeued_task_id = models.CharField(max_length=255, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_failed_at"]
+        indexes = [
+            models.Index(fields=["state", "-last_failed_at"], name="deadletter_state_idx"),
+            models.Index(fields=["task_name"], name="deadletter_task_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.task_id} ({self.state})"
+
+
+class OutboxEvent(models.Model):
+    """An event written in the same transaction as the change it announces.
+
+    The relay hands it to its subscribers' tasks after commit and marks it
+    published; a broker that is down at commit only delays it.
+    """
+
+    topic = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    # Optional idempotency key: the same fact announced twice is stored once.
+    key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["id"], condition=Q(published_at__isnull=True), name="outbox_unpublished_idx"
+            ),
+            models.Index(fields=["published_at"], name="outbox_published_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} #{self.pk}"

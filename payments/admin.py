@@ -1,0 +1,41 @@
+from django.contrib import admin
+
+from payments.models import Payment, WebhookEvent, WebhookRejection
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that mirror the gateway are changed by the jobs, never by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = ("id", "order", "razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status", "mismatch", "created_at", "updated_at")
+    list_filter = ("status", "currency", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=razorpay_order_id", "=razorpay_payment_id", "=order__id")
+    list_select_related = ("order",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(ReadOnlyAdmin):
+    list_display = ("event_id", "event", "received_at", "processed_at", "attempts", "error")
+    list_filter = ("event", ("processed_at", admin.EmptyFieldListFilter))
+    search_fields = ("=event_id",)
+    date_hierarchy = "received_at"
+    show_full_result_count = False
+
+
+@admin.register(WebhookRejection)
+class WebhookRejectionAdmin(ReadOnlyAdmin):
+    list_display = ("received_at", "reason", "detail")
+    list_filter = ("reason",)

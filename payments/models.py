@@ -1,0 +1,95 @@
+"""Payments mirrored from Razorpay, and the webhook events Razorpay delivers."""
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class PaymentStatus(models.TextChoices):
+    CREATED = "created"
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    FAILED = "failed"
+    REFUNDED = "refunded"
+    CANCELLED = "cancelled"
+
+
+class Payment(models.Model):
+    Status = PaymentStatus
+
+    order = models.ForeignKey("orders.Order", on_delete=models.PROTECT, related_name="payments")
+    razorpay_order_id = models.CharField(max_length=64, unique=True)
+    razorpay_payment_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    amount_paise = models.BigIntegerField()
+    currency = models.CharField(max_length=3, default="INR")
+    status = models.CharField(
+        max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.CREATED
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    captured_at = models.DateTimeField(null=True, blank=True)
+    refunded_paise = models.BigIntegerField(default=0)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_description = models.CharField(max_length=255, blank=True)
+    # Set when the gateway's amount or currency disagrees with ours: never paid, a human looks.
+    mismatch = models.CharField(max_length=255, blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["created_at"], name="payment_created_idx"),
+            models.Index(fields=["captured_at"], name="payment_captured_idx"),
+            # payment_sync: payments not yet settled, by last change.
+            models.Index(
+                fields=["updated_at"], condition=Q(status__in=["created", "authorized"]),
+                name="payment_unsettled_idx",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_paise__gte=0), name="payment_amount_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(refunded_paise__gte=0) & Q(refunded_paise__lte=models.F("amount_paise")),
+                name="payment_refund_within_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.razorpay_payment_id or self.razorpay_order_id} ({self.status})"
+
+
+class WebhookEvent(models.Model):
+    """One delivery of a Razorpay event, deduplicated on Razorpay's event id."""
+
+    event_id = models.CharField(max_length=64, unique=True)
+    event = models.CharField(max_length=64)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [
+            models.Index(fields=["received_at"], name="webhook_received_idx"),
+            models.Index(
+                fields=["received_at"], condition=Q(processed_at__isnull=True),
+                name="webhook_unprocessed_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.event_id}"
+
+
+class WebhookRejection(models.Model):
+    """A delivery refused before it became an event (bad signature, bad body): counted by webhook_health."""
+
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    reason = models.CharField(max_length=64)
+    detail = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
