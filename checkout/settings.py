@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "django_celery_results",
     "ops",
+    "ops.maintenance",
     "carts",
     "orders",
     "payments",
