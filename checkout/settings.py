@@ -182,6 +182,33 @@ ADMINS = [("ops", addr) for addr in env_list("ADMIN_EMAILS", [])]
 
 # --- backups ------------------------------------------------------------------
 BACKUP_DIR = Path(env_str("BACKUP_DIR", str(BASE_DIR / "backups")))
+BACKUP_KEEP_DAILY = env_int("BACKUP_KEEP_DAILY", 7, minimum=1)
+BACKUP_KEEP_WEEKLY = env_int("BACKUP_KEEP_WEEKLY", 4, minimum=0)
+# Full restore of the new backup into a scratch database: never, weekly (Sundays, local) or daily.
+BACKUP_RESTORE_CHECK = env_str("BACKUP_RESTORE_CHECK", "weekly")
+if BACKUP_RESTORE_CHECK not in {"never", "weekly", "daily"}:
+    raise ImproperlyConfigured(
+        f"BACKUP_RESTORE_CHECK={BACKUP_RESTORE_CHECK!r} must be never, weekly or daily"
+    )
+BACKUP_TIMEOUT = env_duration("BACKUP_TIMEOUT", timedelta(hours=1))
+
+# --- database upkeep and health -----------------------------------------------
+# db_cleanup deletes rows older than these ages.
+RETENTION_JOB_RUNS = env_duration("RETENTION_JOB_RUNS", timedelta(days=90))
+RETENTION_TASK_RESULTS = env_duration("RETENTION_TASK_RESULTS", timedelta(days=30))
+RETENTION_WEBHOOK_EVENTS = env_duration("RETENTION_WEBHOOK_EVENTS", timedelta(days=90))
+RETENTION_DEAD_LETTERS = env_duration("RETENTION_DEAD_LETTERS", timedelta(days=30))
+RETENTION_OUTBOX = env_duration("RETENTION_OUTBOX", timedelta(days=7))
+RETENTION_HEALTH = env_duration("RETENTION_HEALTH", timedelta(days=30))
+DB_MONITOR_DEAD_TUPLE_RATIO = env_float("DB_MONITOR_DEAD_TUPLE_RATIO", 0.2)
+DB_MONITOR_CONNECTIONS_RATIO = env_float("DB_MONITOR_CONNECTIONS_RATIO", 0.8)
+DB_MONITOR_LONG_QUERY = env_duration("DB_MONITOR_LONG_QUERY", timedelta(minutes=5))
+# Timeout of each dependency check (SMTP, Redis), and of the live pings of /health/.
+HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 3.0)
+# A stored result older than this (when the job's interval is unknown) counts as unknown.
+HEALTH_STALE_AFTER = env_duration("HEALTH_STALE_AFTER", timedelta(hours=2))
+# /health/ recomputes its database-backed parts at most this often per process.
+HEALTH_CACHE_SECONDS = env_float("HEALTH_CACHE_SECONDS", 5.0)
 
 # --- static, security ---------------------------------------------------------
 STATIC_URL = "static/"
