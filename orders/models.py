@@ -103,3 +103,34 @@ class Enrollment(models.Model):
 
     def __str__(self) -> str:
         return f"enrollment of order {self.order_id}"
+
+
+class OutgoingEmail(models.Model):
+    """One email to send, at most once: its key says what it is about ("order_expired:42").
+
+    The notification that decides to write it claims its marker first; email_send
+    claims the row before talking to SMTP and stamps sent_at after, so neither a
+    repeated notification nor a repeated delivery of the email task sends twice.
+    """
+
+    key = models.CharField(max_length=128, unique=True)
+    to = models.EmailField()
+    subject = models.CharField(max_length=255)
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # Lease of the email task sending it; a sender that died leaves it claimable again.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["created_at"], condition=Q(sent_at__isnull=True), name="email_unsent_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} to {self.to}"

@@ -33,6 +33,11 @@ class Payment(models.Model):
     # Set when the gateway's amount or currency disagrees with ours: never paid, a human looks.
     mismatch = models.CharField(max_length=255, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
+    authorized_at = models.DateTimeField(null=True, blank=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    # A lease taken before any gateway call about this payment (sync, capture,
+    # refund), so two workers never act on it at once; an expired lease is free.
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -57,6 +62,32 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.razorpay_payment_id or self.razorpay_order_id} ({self.status})"
+
+
+class PaymentReport(models.Model):
+    """What the payments did over one period, written by each payment_sync run."""
+
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    job_run = models.ForeignKey(
+        "ops.JobRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Payments changed in the period, by their status now: {"captured": 12, "failed": 3, ...}.
+    counts_by_status = models.JSONField(default=dict, blank=True)
+    # Per currency, in minor units: {"INR": {"captured_paise": 0, "refunded_paise": 0}}.
+    amounts = models.JSONField(default=dict, blank=True)
+    # [{"reason": "BAD_REQUEST_ERROR: card declined", "count": 4}, ...], most frequent first.
+    top_failure_reasons = models.JSONField(default=list, blank=True)
+    # What this run did: reconciled, captured, failed, mismatched, gateway errors...
+    sync_counts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-period_end"]
+        indexes = [models.Index(fields=["period_end"], name="paymentreport_end_idx")]
+
+    def __str__(self) -> str:
+        return f"payments {self.period_start:%Y-%m-%d %H:%M} to {self.period_end:%H:%M}"
 
 
 class WebhookEvent(models.Model):
