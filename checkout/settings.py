@@ -166,6 +166,10 @@ RAZORPAY_KEY_SECRET = env_str("RAZORPAY_KEY_SECRET")
 RAZORPAY_WEBHOOK_SECRET = env_str("RAZORPAY_WEBHOOK_SECRET")
 RAZORPAY_BASE_URL = env_str("RAZORPAY_BASE_URL")  # empty: the SDK's default (api.razorpay.com)
 RAZORPAY_TIMEOUT = env_float("RAZORPAY_TIMEOUT", 10.0)
+# Calls per second to Razorpay shared by all workers (0: no limit), and the longest a
+# worker waits for a slot before giving the call back to be retried with a countdown.
+RAZORPAY_RATE_LIMIT = env_float("RAZORPAY_RATE_LIMIT", 25.0)
+RAZORPAY_RATE_MAX_WAIT = env_float("RAZORPAY_RATE_MAX_WAIT", 1.0)
 
 # --- email --------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
