@@ -1,0 +1,66 @@
+"""The analytics jobs: daily_analytics (02:00, yesterday's report) and weekly_analytics (Sunday)."""
+from datetime import date, timedelta
+
+from analytics.services import (
+    daily_reports_build,
+    default_report_day,
+    track_receipts_prune,
+    week_before,
+    weekly_report_build,
+)
+from ops.registry import job
+from ops.runner import JobContext, JobError, local_today
+
+
+def _param_date(ctx: JobContext, name: str) -> date:
+    try:
+        return date.fromisoformat(str(ctx.params[name]))
+    except ValueError:
+        raise JobError(f"{name} must be a date as YYYY-MM-DD, not {ctx.params[name]!r}") from None
+
+
+def report_days(ctx: JobContext) -> tuple[date, date]:
+    """[start, end) to report: params from/to (inclusive), else ctx.date, else yesterday."""
+    if "from" in ctx.params or "to" in ctx.params:
+        if not ("from" in ctx.params and "to" in ctx.params):
+            raise JobError("a range needs both from and to")
+        first, last = _param_date(ctx, "from"), _param_date(ctx, "to")
+        if last < first:
+            raise JobError(f"from {first} is after to {last}")
+    else:
+        first = last = ctx.date or default_report_day()
+    if last >= local_today():
+        raise JobError(f"{last} is not over yet in the report time zone; the last complete day is "
+                       f"{local_today() - timedelta(days=1)}")
+    return first, last + timedelta(days=1)
+
+
+@job("daily_analytics", queue="default", accepts_date=True, time_limit=timedelta(minutes=30))
+def daily_analytics(ctx: JobContext) -> dict:
+    """Daily report (yesterday by default): carts, orders, enrollments, revenue, conversion."""
+    start, end = report_days(ctx)
+    built = daily_reports_build(start=start, end=end, dry_run=ctx.dry_run, on_progress=ctx.progress)
+    ctx.add("days", len(built))
+    if not ctx.dry_run:
+        ctx.add("reports_written", len(built))
+        ctx.add("receipts_pruned", track_receipts_prune())
+    if len(built) == 1:
+        return built[0]
+    return {
+        "from": built[0]["date"], "to": built[-1]["date"],
+        "days": [
+            {key: day[key] for key in ("date", "orders_paid", "revenue_paise", "conversion_rate")}
+            for day in built
+        ],
+    }
+
+
+@job("weekly_analytics", queue="default", accepts_date=True, time_limit=timedelta(minutes=30))
+def weekly_analytics(ctx: JobContext) -> dict:
+    """Weekly report of the last complete Sunday-to-Saturday week before the run's date."""
+    week_start = week_before(ctx.date or local_today())
+    report = weekly_report_build(week_start=week_start, dry_run=ctx.dry_run)
+    ctx.add("weeks", 1)
+    if not ctx.dry_run:
+        ctx.add("reports_written", 1)
+    return report

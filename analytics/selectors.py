@@ -1,0 +1,241 @@
+"""Reads of the analytics app: the checkout tables rolled up by local day, and report series.
+
+`rollup(start, end)` costs a fixed number of grouped queries whatever the number
+of rows or days: each event (order created, paid, expired, refund, enrollment,
+cart created/abandoned/converted) is counted with a range predicate on its own
+indexed timestamp and grouped by its local date in CHECKOUT_TIME_ZONE, so a day
+is 23 or 25 hours long across DST and an order paid at 00:30 local time counts
+for that local day.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Iterable
+
+from django.conf import settings
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate
+
+from analytics.models import DailyReport, WeeklyReport
+from carts.models import Cart
+from ops.runner import local_day_bounds, local_zone
+from orders.models import Enrollment, Internship, Order
+from payments.models import Payment
+
+COUNT_FIELDS = (
+    "carts_created", "carts_abandoned", "carts_converted",
+    "orders_created", "orders_paid", "orders_expired", "enrollments_created",
+)
+MONEY_FIELDS = ("revenue_paise", "refunds_paise")
+RATE_PLACES = Decimal("0.0001")
+
+
+@dataclass
+class Line:
+    """One internship's figures in one currency over a day (or a sum of days)."""
+
+    internship_id: int | None
+    currency: str
+    title: str = ""
+    carts_created: int = 0
+    carts_abandoned: int = 0
+    carts_converted: int = 0
+    orders_created: int = 0
+    orders_paid: int = 0
+    orders_expired: int = 0
+    enrollments_created: int = 0
+    revenue_paise: int = 0
+    refunds_paise: int = 0
+
+    @property
+    def key(self) -> tuple[int | None, str]:
+        return self.internship_id, self.currency
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Lines = dict[tuple[int | None, str], Line]
+
+
+def ratio(numerator: int, denominator: int) -> Decimal:
+    """numerator / denominator to four places, 0 when the denominator is 0."""
+    if not denominator:
+        return Decimal("0.0000")
+    return (Decimal(numerator) / Decimal(denominator)).quantize(RATE_PLACES, ROUND_HALF_UP)
+
+
+def growth(current: int, previous: int) -> Decimal | None:
+    """(current - previous) / previous to four places; None when there is nothing to grow from."""
+    if not previous:
+        return None
+    return ratio(current - previous, previous)
+
+
+def _round_div(numerator: int, denominator: int) -> int:
+    return int((Decimal(numerator) / Decimal(denominator)).quantize(Decimal(1), ROUND_HALF_UP)) if denominator else 0
+
+
+def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    return local_day_bounds(start)[0], local_day_bounds(end - timedelta(days=1))[1]
+
+
+def _by_local_day(queryset, field: str, start_at: datetime, end_at: datetime, *group: str):
+    """Rows of `queryset` whose `field` falls in [start_at, end_at), grouped by its local date and `group`."""
+    return (
+        queryset.filter(**{f"{field}__gte": start_at, f"{field}__lt": end_at})
+        .annotate(day=TruncDate(field, tzinfo=local_zone()))
+        .order_by()
+        .values("day", *group)
+    )
+
+
+def cart_counts_by_day(start: date, end: date) -> dict[date, dict[int | None, dict[str, int]]]:
+    """Carts created, abandoned and converted per local day in [start, end) and internship."""
+    start_at, end_at = _bounds(start, end)
+    counts: dict[date, dict[int | None, dict[str, int]]] = {}
+    for field, name in (("created_at", "created"), ("abandoned_at", "abandoned"), ("converted_at", "converted")):
+        for row in _by_local_day(Cart.objects.all(), field, start_at, end_at, "internship_id").annotate(
+            n=Count("id")
+        ):
+            per_internship = counts.setdefault(row["day"], {}).setdefault(row["internship_id"], {})
+            per_internship[name] = per_internship.get(name, 0) + row["n"]
+    return counts
+
+
+def rollup(start: date, end: date) -> dict[date, Lines]:
+    """Every local day in [start, end) with its figures per (internship, currency)."""
+    if end <= start:
+        raise ValueError(f"empty range: {start} to {end}")
+    start_at, end_at = _bounds(start, end)
+    days: dict[date, Lines] = {start + timedelta(days=n): {} for n in range((end - start).days)}
+
+    def line(day: date, internship_id: int | None, currency: str) -> Line:
+        return days[day].setdefault((internship_id, currency), Line(internship_id, currency))
+
+    orders = Order.objects.all()
+    for row in _by_local_day(orders, "created_at", start_at, end_at, "internship_id", "currency").annotate(
+        n=Count("id")
+    ):
+        line(row["day"], row["internship_id"], row["currency"]).orders_created += row["n"]
+    for row in _by_local_day(orders, "paid_at", start_at, end_at, "internship_id", "currency").annotate(
+        n=Count("id"), amount=Sum("amount_paise")
+    ):
+        paid = line(row["day"], row["internship_id"], row["currency"])
+        paid.orders_paid += row["n"]
+        paid.revenue_paise += row["amount"]
+    for row in _by_local_day(orders, "expired_at", start_at, end_at, "internship_id", "currency").annotate(
+        n=Count("id")
+    ):
+        line(row["day"], row["internship_id"], row["currency"]).orders_expired += row["n"]
+    # Refunds are dated by the payment that returned the money (partial refunds included).
+    refunds = Payment.objects.filter(refunded_paise__gt=0)
+    for row in _by_local_day(refunds, "refunded_at", start_at, end_at, "order__internship_id", "currency").annotate(
+        amount=Sum("refunded_paise")
+    ):
+        line(row["day"], row["order__internship_id"], row["currency"]).refunds_paise += row["amount"]
+
+    # Carts and enrollments carry no currency: they go on their internship's currency line.
+    per_internship: dict[date, dict[int | None, dict[str, int]]] = {
+        day: dict(counts) for day, counts in cart_counts_by_day(start, end).items()
+    }
+    for row in _by_local_day(Enrollment.objects.all(), "created_at", start_at, end_at, "internship_id").annotate(
+        n=Count("id")
+    ):
+        counts = per_internship.setdefault(row["day"], {}).setdefault(row["internship_id"], {})
+        counts["enrollments"] = counts.get("enrollments", 0) + row["n"]
+
+    ids = {key[0] for lines in days.values() for key in lines} | {
+        internship_id for counts in per_internship.values() for internship_id in counts
+    }
+    ids.discard(None)
+    internships = {
+        i["id"]: i for i in Internship.objects.filter(id__in=ids).order_by().values("id", "title", "currency")
+    }
+    for day, counts in per_internship.items():
+        for internship_id, n in counts.items():
+            known = internships.get(internship_id)
+            target = line(day, internship_id, known["currency"] if known else settings.CHECKOUT_CURRENCY)
+            target.carts_created += n.get("created", 0)
+            target.carts_abandoned += n.get("abandoned", 0)
+            target.carts_converted += n.get("converted", 0)
+            target.enrollments_created += n.get("enrollments", 0)
+    for lines in days.values():
+        for item in lines.values():
+            known = internships.get(item.internship_id)
+            item.title = known["title"] if known else "(no internship)"
+    return days
+
+
+def merge_lines(many: Iterable[Lines]) -> Lines:
+    """Sum the lines of several days."""
+    merged: Lines = {}
+    for lines in many:
+        for key, item in lines.items():
+            total = merged.setdefault(key, Line(item.internship_id, item.currency, item.title))
+            for name in COUNT_FIELDS + MONEY_FIELDS:
+                setattr(total, name, getattr(total, name) + getattr(item, name))
+    return merged
+
+
+def totals(lines: Iterable[Line], currency: str) -> dict:
+    """Report totals: counts over every currency, money in `currency`, other currencies kept apart."""
+    result = {name: 0 for name in COUNT_FIELDS}
+    by_currency: dict[str, dict[str, int]] = {}
+    for item in lines:
+        for name in COUNT_FIELDS:
+            result[name] += getattr(item, name)
+        if item.orders_paid or item.revenue_paise or item.refunds_paise:
+            money = by_currency.setdefault(
+                item.currency, {"orders_paid": 0, "revenue_paise": 0, "refunds_paise": 0}
+            )
+            money["orders_paid"] += item.orders_paid
+            money["revenue_paise"] += item.revenue_paise
+            money["refunds_paise"] += item.refunds_paise
+    main = by_currency.get(currency, {"orders_paid": 0, "revenue_paise": 0, "refunds_paise": 0})
+    result.update(
+        currency=currency,
+        revenue_paise=main["revenue_paise"],
+        refunds_paise=main["refunds_paise"],
+        average_order_value_paise=_round_div(main["revenue_paise"], main["orders_paid"]),
+        conversion_rate=ratio(result["orders_paid"], result["carts_created"]),
+        revenue_by_currency=dict(sorted(by_currency.items())),
+    )
+    return result
+
+
+def buyers(start: date, end: date) -> tuple[int, int]:
+    """(buyers, repeat buyers) of local days [start, end): distinct users with an order paid then,
+    and those of them with at least two paid orders by the end (earlier purchases included)."""
+    start_at, end_at = _bounds(start, end)
+    paid_then = Order.objects.filter(paid_at__gte=start_at, paid_at__lt=end_at, user_id__isnull=False).order_by()
+    count = paid_then.aggregate(n=Count("user_id", distinct=True))["n"]
+    repeat = (
+        Order.objects.filter(paid_at__lt=end_at, user_id__in=paid_then.values("user_id"))
+        .order_by()
+        .values("user_id")
+        .annotate(n=Count("id"))
+        .filter(n__gte=2)
+        .count()
+    )
+    return count, repeat
+
+
+def daily_series(*, last: date, days: int) -> list[dict]:
+    """Stored daily reports of the `days` local dates ending with `last`, oldest first."""
+    return list(
+        DailyReport.objects.filter(date__gt=last - timedelta(days=days), date__lte=last)
+        .order_by("date")
+        .values("date", "currency", "revenue_paise", "orders_paid", "carts_created", "conversion_rate")
+    )
+
+
+def weekly_series(*, last: date, days: int) -> list[dict]:
+    """Stored weekly reports whose window starts within the `days` local dates ending with `last`."""
+    return list(
+        WeeklyReport.objects.filter(week_start__gt=last - timedelta(days=days), week_start__lte=last)
+        .order_by("week_start")
+        .values("week_start", "currency", "revenue_paise", "orders_paid", "carts_created", "conversion_rate")
+    )
