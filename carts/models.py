@@ -64,3 +64,90 @@ class Cart(models.Model):
 
 def cart_cache_key(token) -> str:
     return f"cart:{token}"
+
+
+class CartDayTally(models.Model):
+    """What deleted carts leave behind: per local day and internship, how many were created or abandoned.
+
+    cart_cleanup adds to these in the transaction that deletes the carts, so the
+    daily report counts a cart on the day it was created (or abandoned) even when
+    the report runs after the cart is gone. Live carts are counted from carts_cart.
+    """
+
+    day = models.DateField(help_text="Local date in CHECKOUT_TIME_ZONE.")
+    # SET_NULL: the history outlives an internship that is removed later.
+    internship = models.ForeignKey(
+        "orders.Internship", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_deleted = models.PositiveBigIntegerField(default=0)
+    abandoned_deleted = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "internship_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["day", "internship"], name="cart_tally_day_internship_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"deleted carts of {self.day} (internship {self.internship_id})"
+
+
+class CartSnapshot(models.Model):
+    """Cart statistics as one cart_cleanup run left them."""
+
+    run = models.ForeignKey(
+        "ops.JobRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    taken_at = models.DateTimeField(default=timezone.now)
+    active = models.PositiveBigIntegerField(default=0)
+    abandoned = models.PositiveBigIntegerField(default=0)
+    converted = models.PositiveBigIntegerField(default=0)
+    deleted = models.PositiveBigIntegerField(default=0, help_text="Deleted by this run.")
+    flagged = models.PositiveBigIntegerField(default=0, help_text="Marked abandoned by this run.")
+    cache_keys_pending = models.PositiveBigIntegerField(
+        default=0, help_text="Cache keys of deleted carts still waiting for Redis."
+    )
+
+    class Meta:
+        ordering = ["-taken_at"]
+        indexes = [models.Index(fields=["taken_at"], name="cart_snapshot_taken_idx")]
+
+    def __str__(self) -> str:
+        return f"cart snapshot {self.taken_at:%Y-%m-%d %H:%M}"
+
+
+class CartSnapshotLine(models.Model):
+    """One internship's line of a CartSnapshot."""
+
+    snapshot = models.ForeignKey(CartSnapshot, on_delete=models.CASCADE, related_name="lines")
+    internship = models.ForeignKey(
+        "orders.Internship", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    active = models.PositiveBigIntegerField(default=0)
+    abandoned = models.PositiveBigIntegerField(default=0)
+    converted = models.PositiveBigIntegerField(default=0)
+    deleted = models.PositiveBigIntegerField(default=0)
+    flagged = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["snapshot", "internship_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["snapshot", "internship"], name="cart_snapshot_line_uniq"),
+        ]
+
+
+class PendingCacheDelete(models.Model):
+    """A cache key whose data is gone but which Redis could not remove at the time.
+
+    The cache_cleanup task (and the start of every cart_cleanup run) removes the
+    keys once Redis answers again, then these rows.
+    """
+
+    key = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.key

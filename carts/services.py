@@ -1,0 +1,337 @@
+"""Writes on carts: the checkout's cart writes with their cache entry, and the
+set-based cleanup behind the cart_cleanup job.
+
+Cleanup works in batches by primary key, each batch its own transaction. Every
+write re-checks its condition in the statement itself, so a cart that a customer
+touches after its batch was chosen is left alone, and two overlapping runs never
+count a cart twice (a row is deleted, and tallied, by exactly one statement).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from carts.models import (
+    Cart,
+    CartDayTally,
+    CartSnapshot,
+    CartSnapshotLine,
+    CartStatus,
+    PendingCacheDelete,
+    cart_cache_key,
+)
+from carts.selectors import (
+    abandonable_where,
+    expired_where,
+    next_batch_end,
+    pending_cache_delete_count,
+)
+from checkout.redis import get_redis
+from orders.models import Internship
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 5000
+# Keys per UNLINK command inside one pipeline: keeps each command's reply small.
+UNLINK_CHUNK = 1000
+
+
+# --- the checkout's writes ----------------------------------------------------
+
+def _cache_value(cart: Cart) -> str:
+    return json.dumps({
+        "id": cart.pk, "internship_id": cart.internship_id, "status": cart.status,
+        "updated_at": cart.updated_at.isoformat(),
+    })
+
+
+def _cache_write(cart: Cart) -> None:
+    """Best effort: the database is the truth, and the entry expires with the cart anyway."""
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.set(cart.cache_key, _cache_value(cart), ex=int(settings.CART_TTL.total_seconds()))
+    except redis.RedisError as exc:
+        log.warning("cache write of cart %s failed: %s", cart.pk, exc)
+
+
+def cart_create(*, internship: Internship, user=None) -> Cart:
+    """A new active cart for an internship, with its cache entry."""
+    cart = Cart.objects.create(internship=internship, user=user)
+    transaction.on_commit(lambda: _cache_write(cart))
+    return cart
+
+
+def cart_touch(*, cart: Cart) -> bool:
+    """Record activity on a cart (an abandoned cart becomes active again).
+
+    Returns False, changing nothing, when the cart is converted or no longer
+    exists (deleted by cart_cleanup once expired).
+    """
+    now = timezone.now()
+    touched = (
+        Cart.objects.filter(pk=cart.pk)
+        .exclude(status=CartStatus.CONVERTED)
+        .update(updated_at=now, status=CartStatus.ACTIVE, abandoned_at=None)
+    )
+    if not touched:
+        return False
+    cart.updated_at, cart.status, cart.abandoned_at = now, CartStatus.ACTIVE, None
+    transaction.on_commit(lambda: _cache_write(cart))
+    return True
+
+
+# --- cache keys of deleted carts ----------------------------------------------
+
+def _unlink(client: redis.Redis, keys: list[str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, len(keys), UNLINK_CHUNK):
+        pipe.unlink(*keys[start:start + UNLINK_CHUNK])
+    pipe.execute()
+
+
+class CacheKeyRemover:
+    """Removes cache keys in one pipelined call per batch; keys Redis cannot take are stored.
+
+    After the first failure it stops calling Redis for the rest of the run, so a
+    dead Redis costs one timeout, not one per batch.
+    """
+
+    def __init__(self) -> None:
+        self.client = get_redis()
+        self.down = False
+        self.pending = 0
+
+    def remove(self, keys: list[str]) -> None:
+        """Call inside the transaction that deleted the data: a key is removed or stored, never lost."""
+        if not keys or self.client is None:
+            return
+        if not self.down:
+            try:
+                _unlink(self.client, keys)
+                return
+            except redis.RedisError as exc:
+                self.down = True
+                log.warning("redis unavailable, storing cache keys for cache_cleanup: %s", exc)
+        PendingCacheDelete.objects.bulk_create(
+            [PendingCacheDelete(key=key) for key in keys], batch_size=BATCH_SIZE, ignore_conflicts=True
+        )
+        self.pending += len(keys)
+
+
+def pending_cache_delete_flush(*, batch_size: int = BATCH_SIZE) -> int:
+    """Remove the stored cache keys from Redis, then their rows; returns how many.
+
+    Raises redis.RedisError while Redis is still down (the caller retries later);
+    what was flushed before the error stays flushed.
+    """
+    client = get_redis()
+    if client is None:
+        return 0
+    removed = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                PendingCacheDelete.objects.select_for_update(skip_locked=True)
+                .order_by("pk").values_list("pk", "key")[:batch_size]
+            )
+            if not rows:
+                return removed
+            _unlink(client, [key for _, key in rows])
+            PendingCacheDelete.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+        removed += len(rows)
+        if len(rows) < batch_size:
+            return removed
+
+
+# --- cleanup ------------------------------------------------------------------
+
+@dataclass
+class BatchProgress:
+    """What a batched cleanup step did; `after_id` is where a follow-up chunk resumes."""
+
+    rows: int = 0
+    batches: int = 0
+    after_id: int = 0
+    done: bool = False
+    by_internship: Counter = field(default_factory=Counter)
+
+
+def _quoted(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _local_day_sql(column: str) -> tuple[str, tuple]:
+    return connection.ops.datetime_cast_date_sql(column, (), settings.CHECKOUT_TIME_ZONE)
+
+
+def _tally_upsert_sql() -> tuple[str, list]:
+    """INSERT … ON CONFLICT adding the carts of relation `gone` to CartDayTally, grouped in SQL.
+
+    Rows go in (day, internship) order so that concurrent batches lock tally rows
+    in the same order and cannot deadlock.
+    """
+    tally = _quoted(CartDayTally)
+    created_day, created_params = _local_day_sql("created_at")
+    abandoned_day, abandoned_params = _local_day_sql("abandoned_at")
+    # `WHERE 1 = 1` keeps SQLite's parser from reading ON CONFLICT as a join's ON.
+    sql = f"""
+        INSERT INTO {tally} (day, internship_id, created_deleted, abandoned_deleted)
+        SELECT day, internship_id, SUM(created), SUM(abandoned) FROM (
+            SELECT {created_day} AS day, internship_id, 1 AS created, 0 AS abandoned FROM gone
+            UNION ALL
+            SELECT {abandoned_day}, internship_id, 0, 1 FROM gone WHERE abandoned_at IS NOT NULL
+        ) AS counted
+        WHERE 1 = 1
+        GROUP BY day, internship_id
+        ORDER BY day, internship_id
+        ON CONFLICT (day, internship_id) DO UPDATE SET
+            created_deleted = {tally}.created_deleted + excluded.created_deleted,
+            abandoned_deleted = {tally}.abandoned_deleted + excluded.abandoned_deleted
+    """
+    return sql, [*created_params, *abandoned_params]
+
+
+def _as_uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def cart_expire_batch(*, after_id: int, upto_id: int, cutoff: datetime) -> list[tuple[uuid.UUID, int]]:
+    """Delete the expired carts with after_id < id <= upto_id and tally them; returns (token, internship_id).
+
+    Call inside a transaction. The expiry condition is part of the DELETE, so a
+    cart touched, converted or ordered since the batch was chosen stays.
+    """
+    cart = _quoted(Cart)
+    where, where_params = expired_where(cutoff)
+    where = f"id > %s AND id <= %s AND {where}"
+    where_params = [after_id, upto_id, *where_params]
+    upsert, upsert_params = _tally_upsert_sql()
+    columns = "token, internship_id, created_at, abandoned_at"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement: the tally sees exactly the rows this DELETE removed.
+            cursor.execute(
+                f"WITH gone AS (DELETE FROM {cart} WHERE {where} RETURNING {columns}),"
+                f" tallied AS ({upsert}) SELECT token, internship_id FROM gone",
+                [*where_params, *upsert_params],
+            )
+        else:
+            # SQLite cannot DELETE inside WITH; its write transaction holds the
+            # database lock, so the SELECT and the DELETE see the same rows.
+            cursor.execute(
+                f"WITH gone AS (SELECT {columns} FROM {cart} WHERE {where}) {upsert}",
+                [*where_params, *upsert_params],
+            )
+            cursor.execute(f"DELETE FROM {cart} WHERE {where} RETURNING token, internship_id", where_params)
+        return [(_as_uuid(token), internship_id) for token, internship_id in cursor.fetchall()]
+
+
+def cart_abandon_batch(*, after_id: int, upto_id: int, idle_cutoff: datetime, now: datetime) -> list[int]:
+    """Flag the idle active carts with after_id < id <= upto_id abandoned; returns their internship ids."""
+    where, params = abandonable_where(idle_cutoff)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_quoted(Cart)} SET status = %s, abandoned_at = %s"
+            f" WHERE id > %s AND id <= %s AND {where} RETURNING internship_id",
+            [CartStatus.ABANDONED, connection.ops.adapt_datetimefield_value(now), after_id, upto_id, *params],
+        )
+        return [internship_id for (internship_id,) in cursor.fetchall()]
+
+
+def _batched(
+    where: tuple[str, list], apply, *, after_id: int, batch_size: int, deadline: float | None, on_batch,
+) -> BatchProgress:
+    """Walk the carts matching `where` by primary key, `apply(after_id, upto_id)` per batch.
+
+    Stops when nothing matches past the cursor (done) or, after at least one
+    batch, when the monotonic `deadline` has passed (resume from `after_id`).
+    """
+    progress = BatchProgress(after_id=after_id)
+    while True:
+        upto_id = next_batch_end(where, after_id=progress.after_id, size=batch_size)
+        if upto_id is None:
+            progress.done = True
+            return progress
+        with transaction.atomic():
+            internship_ids = apply(progress.after_id, upto_id)
+        progress.after_id = upto_id
+        progress.rows += len(internship_ids)
+        progress.batches += 1
+        progress.by_internship.update(internship_ids)
+        if on_batch is not None:
+            on_batch(progress)
+        if deadline is not None and time.monotonic() >= deadline:
+            return progress
+
+
+def cart_purge_expired(
+    *, cutoff: datetime, batch_size: int = BATCH_SIZE, after_id: int = 0,
+    deadline: float | None = None, cache: CacheKeyRemover | None = None, on_batch=None,
+) -> BatchProgress:
+    """Delete never-converted carts with no activity since `cutoff` and no order, with their cache keys."""
+    cache = cache or CacheKeyRemover()
+
+    def apply(lo: int, hi: int) -> list[int]:
+        gone = cart_expire_batch(after_id=lo, upto_id=hi, cutoff=cutoff)
+        cache.remove([cart_cache_key(token) for token, _ in gone])
+        return [internship_id for _, internship_id in gone]
+
+    return _batched(
+        expired_where(cutoff), apply, after_id=after_id, batch_size=batch_size,
+        deadline=deadline, on_batch=on_batch,
+    )
+
+
+def cart_flag_abandoned(
+    *, idle_cutoff: datetime, now: datetime, batch_size: int = BATCH_SIZE, after_id: int = 0,
+    deadline: float | None = None, on_batch=None,
+) -> BatchProgress:
+    """Mark active carts with no activity since `idle_cutoff` abandoned (abandoned_at = now)."""
+    return _batched(
+        abandonable_where(idle_cutoff),
+        lambda lo, hi: cart_abandon_batch(after_id=lo, upto_id=hi, idle_cutoff=idle_cutoff, now=now),
+        after_id=after_id, batch_size=batch_size, deadline=deadline, on_batch=on_batch,
+    )
+
+
+def cart_snapshot_record(
+    *, run=None, deleted: Counter, flagged: Counter, cache_keys_pending: int | None = None,
+) -> CartSnapshot:
+    """Store the cart statistics after a cleanup run: live carts by status and what the run did."""
+    lines: dict[int, CartSnapshotLine] = {}
+    live = Cart.objects.order_by().values_list("internship_id", "status").annotate(n=Count("id"))
+    for internship_id, status, n in live:
+        line = lines.setdefault(internship_id, CartSnapshotLine(internship_id=internship_id))
+        setattr(line, status, n)
+    for name, counter in (("deleted", deleted), ("flagged", flagged)):
+        for internship_id, n in counter.items():
+            line = lines.setdefault(internship_id, CartSnapshotLine(internship_id=internship_id))
+            setattr(line, name, n)
+    if cache_keys_pending is None:
+        cache_keys_pending = pending_cache_delete_count()
+    with transaction.atomic():
+        snapshot = CartSnapshot.objects.create(
+            run=run,
+            cache_keys_pending=cache_keys_pending,
+            **{
+                name: sum(getattr(line, name) for line in lines.values())
+                for name in ("active", "abandoned", "converted", "deleted", "flagged")
+            },
+        )
+        for line in lines.values():
+            line.snapshot = snapshot
+        CartSnapshotLine.objects.bulk_create(lines.values())
+    return snapshot
