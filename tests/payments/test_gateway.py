@@ -169,37 +169,43 @@ def test_no_slot_within_the_bound_is_rate_limited_without_a_call(fake_gateway, p
 
 
 _HAMMER = """
-import os, sys, time
+import sys, time
 import django
 django.setup()
 from payments import ratelimit
-start, end = float(sys.argv[1]), float(sys.argv[2])
+print("ready", flush=True)
+start, end, rate = map(float, sys.stdin.readline().split())
 while time.time() < start:
     time.sleep(0.001)
 n = 0
 while True:
-    ratelimit.acquire("test-shared", rate=float(sys.argv[3]), max_wait=1.0)
+    ratelimit.acquire("test-shared", rate=rate, max_wait=1.0)
     if time.time() >= end:
         break
     n += 1
-print(n)
+print(n, flush=True)
 """
 
 
 @pytest.mark.redis
 @pytest.mark.slow
 def test_rate_is_held_across_two_processes(redis_client, settings):
-    # given: two processes calling as fast as they can for 2 s under 40 calls/s
+    # given: two processes ready to call as fast as they can for 2 s under 40 calls/s
     rate, seconds = 40.0, 2.0
-    start = time.time() + 1.5  # both processes imported Django by then
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="checkout.settings", REDIS_URL=settings.REDIS_URL,
                PYTHONPATH=str(ROOT))
     procs = [
-        subprocess.Popen([sys.executable, "-c", _HAMMER, str(start), str(start + seconds), str(rate)],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", _HAMMER], cwd=ROOT, env=env, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)
     ]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     # when
+    start = time.time() + 0.2
+    for proc in procs:
+        proc.stdin.write(f"{start} {start + seconds} {rate}\n")
+        proc.stdin.flush()
     outputs = [proc.communicate(timeout=30) for proc in procs]
     # then: together they got the rate (plus the burst), not twice it
     assert all(proc.returncode == 0 for proc in procs), outputs
