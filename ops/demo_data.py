@@ -1,0 +1,721 @@
+"""Realistic demo data for the checkout domain, for `seed_demo` and `demo`.
+
+Rows are generated in time order, a bounded chunk at a time, and bulk-loaded:
+COPY on PostgreSQL, bulk_create elsewhere. Memory is flat in the number of rows.
+The same seed on the same database state gives the same rows.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import resource
+import sys
+import time
+import uuid
+from bisect import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone as dt_timezone
+from typing import Iterator
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.cache.backends.redis import RedisSerializer
+from django.core.management.base import CommandError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from carts.models import Cart, CartStatus, cart_cache_key
+from checkout.redis import get_redis
+from ops.runner import local_zone
+from orders.models import Enrollment, Internship, Order, OrderStatus
+from payments.models import Payment, PaymentStatus
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 50_000_000
+MAX_DAYS = 3650
+MAX_INTERNSHIPS = 1000
+CHUNK_ROWS = 20_000
+CURRENCY = "INR"
+# One account per this many carts (or per this many orders, whichever needs more).
+CARTS_PER_USER = 10
+ORDERS_PER_USER = 5
+# At most this share of a slot's carts converts; the other orders are placed without a cart.
+MAX_CONVERTED_SHARE = 0.6
+
+# Relative cart volume by weekday (Monday first) and by local hour.
+WEEKDAY_FACTOR = (1.0, 1.06, 1.1, 1.04, 0.93, 0.7, 0.62)
+HOUR_PROFILE = (
+    0.25, 0.15, 0.1, 0.08, 0.08, 0.12, 0.25, 0.45, 0.7, 0.9, 1.0, 1.1,
+    1.15, 1.05, 0.95, 0.9, 0.95, 1.05, 1.2, 1.35, 1.4, 1.25, 0.9, 0.5,
+)
+INTERNSHIP_TITLES = (
+    ("Backend Engineering with Django", 499900),
+    ("Data Analytics with Python", 349900),
+    ("Full-Stack Web Development", 599900),
+    ("Machine Learning Foundations", 799900),
+    ("Android App Development", 449900),
+    ("UI/UX Design Studio", 299900),
+    ("Cloud and DevOps Practice", 699900),
+    ("Digital Marketing", 199900),
+    ("Cybersecurity Essentials", 549900),
+    ("Product Management", 399900),
+    ("Financial Modelling", 249900),
+    ("Content Writing", 149900),
+    ("Embedded Systems", 459900),
+    ("Business Analytics", 329900),
+    ("Graphic Design", 179900),
+    ("Human Resources Management", 159900),
+)
+FIRST_NAMES = (
+    "aarav", "vivaan", "aditya", "vihaan", "arjun", "sai", "reyansh", "ayaan", "krishna", "ishaan",
+    "ananya", "diya", "aadhya", "saanvi", "pari", "anika", "navya", "myra", "sara", "kiara",
+    "rohan", "kabir", "meera", "priya", "rahul", "sneha", "nikhil", "pooja", "karthik", "divya",
+)
+LAST_NAMES = (
+    "sharma", "verma", "iyer", "nair", "reddy", "patel", "gupta", "singh", "kumar", "das",
+    "menon", "rao", "joshi", "mehta", "banerjee", "chatterjee", "pillai", "khan", "bose", "shah",
+)
+PAYMENT_FAILURES = (
+    ("BAD_REQUEST_ERROR", "Payment failed because the card was declined"),
+    ("BAD_REQUEST_ERROR", "Payment was cancelled by the customer"),
+    ("GATEWAY_ERROR", "Payment processing failed due to an error at the bank"),
+    ("BAD_REQUEST_ERROR", "Payment failed because of insufficient funds"),
+)
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NULL = "\\N"
+HOUR = 3600
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    carts: int = 2000
+    orders: int = 400
+    seed: int = 42
+    days: int = 60
+    internships: int = 12
+
+    def validate(self) -> None:
+        """Raise ValueError with one clear sentence for the first bad option."""
+        for name, value, low, high in (
+            ("carts", self.carts, 0, MAX_ROWS),
+            ("orders", self.orders, 0, MAX_ROWS),
+            ("days", self.days, 1, MAX_DAYS),
+            ("internships", self.internships, 1, MAX_INTERNSHIPS),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"--{name} must be a whole number, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"--{name} must be between {low:,} and {high:,}, got {value:,}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"--seed must be a whole number, got {self.seed!r}")
+
+    @property
+    def users(self) -> int:
+        if not self.carts and not self.orders:
+            return 0
+        return max(1, -(-self.carts // CARTS_PER_USER), -(-self.orders // ORDERS_PER_USER))
+
+
+@dataclass
+class SeedResult:
+    counts: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    method: str = ""
+    cache_entries: int = 0
+    cache_error: str = ""
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux (bytes on macOS, where this overstates: fine for a report).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- columns, in the order the generator emits them ---------------------------------------------
+
+USER_COLUMNS = (
+    "id", "password", "last_login", "is_superuser", "username", "first_name", "last_name", "email",
+    "is_staff", "is_active", "date_joined",
+)
+INTERNSHIP_COLUMNS = ("id", "title", "price_paise", "currency", "is_active", "created_at")
+CART_COLUMNS = (
+    "id", "token", "user_id", "internship_id", "created_at", "updated_at", "status", "abandoned_at",
+    "converted_at",
+)
+ORDER_COLUMNS = (
+    "id", "user_id", "internship_id", "cart_id", "amount_paise", "currency", "status", "created_at",
+    "updated_at", "paid_at", "expired_at", "cancelled_at", "refunded_at", "expiration_email_sent_at",
+)
+PAYMENT_COLUMNS = (
+    "id", "order_id", "razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status",
+    "created_at", "updated_at", "captured_at", "refunded_paise", "error_code", "error_description",
+    "mismatch", "last_synced_at",
+)
+ENROLLMENT_COLUMNS = ("id", "order_id", "user_id", "internship_id", "created_at", "confirmation_sent_at")
+
+
+TABLE_KEYS = ("user", "internship", "cart", "order", "payment", "enrollment")
+
+
+def _tables():
+    """(model, columns) in insertion order: parents before children."""
+    return (
+        (get_user_model(), USER_COLUMNS),
+        (Internship, INTERNSHIP_COLUMNS),
+        (Cart, CART_COLUMNS),
+        (Order, ORDER_COLUMNS),
+        (Payment, PAYMENT_COLUMNS),
+        (Enrollment, ENROLLMENT_COLUMNS),
+    )
+
+
+def _time_columns(model) -> frozenset[str]:
+    return frozenset(
+        f.attname for f in model._meta.concrete_fields if f.get_internal_type() == "DateTimeField"
+    )
+
+
+# --- the generator ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Slot:
+    start: int  # epoch seconds
+    length: int
+    carts: int
+    orders: int
+
+
+def _allocate(total: int, weights: list[float]) -> list[int]:
+    """Split `total` over `weights` exactly (largest remainder), deterministically."""
+    weight_sum = sum(weights)
+    if total == 0 or weight_sum <= 0:
+        return [0] * len(weights)
+    shares = [total * w / weight_sum for w in weights]
+    counts = [int(s) for s in shares]
+    short = total - sum(counts)
+    by_remainder = sorted(range(len(weights)), key=lambda i: (counts[i] - shares[i], i))
+    for i in by_remainder[:short]:
+        counts[i] += 1
+    return counts
+
+
+class _Generator:
+    """Yields chunks of rows (dict: model -> list of tuples); times are epoch seconds."""
+
+    def __init__(self, plan: SeedPlan, now: datetime, bases: dict, chunk_rows: int) -> None:
+        self.plan = plan
+        self.now = int(now.timestamp())
+        self.bases = bases
+        self.chunk_rows = chunk_rows
+        self.rng = random.Random(plan.seed)
+        # Identifiers also depend on where the ids start, so seeding twice into one
+        # database never repeats a token or a Razorpay id.
+        self.ids = random.Random(f"{plan.seed}:{bases['cart']}:{bases['order']}:{bases['payment']}")
+        self.cart_ttl = int(settings.CART_TTL.total_seconds())
+        self.abandon_after = int(settings.CART_ABANDON_AFTER.total_seconds())
+        self.order_ttl = int(settings.ORDER_TTL.total_seconds())
+        self.sync_after = int(settings.PAYMENT_SYNC_AFTER.total_seconds())
+        self.next_id = {key: base + 1 for key, base in bases.items()}
+        self.prices: list[int] = []
+        # Popularity of internships: a 1024-entry lookup table (Zipf-like weights).
+        self.popular: list[int] = []
+
+    # identifiers
+
+    def _token(self) -> str:
+        return str(uuid.UUID(int=self.ids.getrandbits(128), version=4))
+
+    def _razorpay_id(self, prefix: str) -> str:
+        n = self.ids.getrandbits(84)
+        chars = []
+        for _ in range(14):
+            n, r = divmod(n, 62)
+            chars.append(_BASE62[r])
+        return prefix + "".join(chars)
+
+    def _take(self, key: str) -> int:
+        value = self.next_id[key]
+        self.next_id[key] = value + 1
+        return value
+
+    # reference rows
+
+    def internships(self) -> list[tuple]:
+        created = self.now - (self.plan.days + 30) * DAY
+        rows = []
+        for i in range(self.plan.internships):
+            title, price = INTERNSHIP_TITLES[i % len(INTERNSHIP_TITLES)]
+            if i >= len(INTERNSHIP_TITLES):
+                title = f"{title} (cohort {i // len(INTERNSHIP_TITLES) + 1})"
+            internship_id = self._take("internship")
+            self.prices.append(price)
+            rows.append((internship_id, title, price, CURRENCY, True, created))
+        weights = [1 / (i + 1) ** 0.8 for i in range(self.plan.internships)]
+        total = sum(weights)
+        cumulative, running = [], 0.0
+        for w in weights:
+            running += w / total
+            cumulative.append(running)
+        base = self.bases["internship"] + 1
+        self.popular = [
+            base + min(bisect(cumulative, (k + 0.5) / 1024), self.plan.internships - 1) for k in range(1024)
+        ]
+        return rows
+
+    def users(self) -> Iterator[list[tuple]]:
+        rng = self.rng
+        first_joined = self.now - (self.plan.days + 90) * DAY
+        rows = []
+        for _ in range(self.plan.users):
+            user_id = self._take("user")
+            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+            username = f"{first}.{last}{user_id}"
+            rows.append((
+                user_id, f"!{self.ids.getrandbits(160):040x}", None, False, username, first.title(),
+                last.title(), f"{username}@example.com", False, True,
+                first_joined + rng.randrange(90 * DAY),
+            ))
+            if len(rows) >= self.chunk_rows:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+
+    # the timeline
+
+    def slots(self) -> Iterator[_Slot]:
+        """Hour slots over the last `days` local days up to now, sized by weekday and hour."""
+        rng, zone = self.rng, local_zone()
+        today = datetime.fromtimestamp(self.now, zone).date()
+        hours: list[tuple[int, int]] = []
+        cart_weights: list[float] = []
+        order_weights: list[float] = []
+        for offset in range(self.plan.days - 1, -1, -1):
+            day: date = today - timedelta(days=offset)
+            day_start = int(datetime.combine(day, datetime.min.time(), tzinfo=zone).timestamp())
+            progress = 1 - offset / max(self.plan.days, 1)
+            day_weight = WEEKDAY_FACTOR[day.weekday()] * (0.85 + 0.3 * progress) * rng.lognormvariate(0, 0.12)
+            conversion = rng.lognormvariate(0, 0.2)
+            for hour, profile in enumerate(HOUR_PROFILE):
+                start = day_start + hour * HOUR
+                if start >= self.now:
+                    break
+                length = min(HOUR, self.now - start)
+                weight = day_weight * profile * length / HOUR
+                hours.append((start, length))
+                cart_weights.append(weight)
+                order_weights.append(weight * conversion)
+        cart_counts = _allocate(self.plan.carts, cart_weights)
+        order_counts = _allocate(self.plan.orders, order_weights)
+        for (start, length), carts, orders in zip(hours, cart_counts, order_counts):
+            # A slot too big for one chunk (few days, many rows) is cut into even pieces.
+            pieces = max(1, -(-max(carts, orders) // self.chunk_rows))
+            cart_parts, order_parts = _allocate(carts, [1] * pieces), _allocate(orders, [1] * pieces)
+            for p in range(pieces):
+                piece_start = start + length * p // pieces
+                piece_length = max(1, start + length * (p + 1) // pieces - piece_start)
+                yield _Slot(piece_start, piece_length, cart_parts[p], order_parts[p])
+
+    def chunks(self) -> Iterator[dict[str, list[tuple]]]:
+        chunk = self._empty()
+        for slot in self.slots():
+            self._fill(slot, chunk)
+            if len(chunk["cart"]) + len(chunk["order"]) >= self.chunk_rows:
+                yield chunk
+                chunk = self._empty()
+        if chunk["cart"] or chunk["order"]:
+            yield chunk
+
+    @staticmethod
+    def _empty() -> dict[str, list[tuple]]:
+        return {"cart": [], "order": [], "payment": [], "enrollment": []}
+
+    def _fill(self, slot: _Slot, chunk: dict[str, list[tuple]]) -> None:
+        rng, now, popular = self.rng, self.now, self.popular
+        user_base, users = self.bases["user"] + 1, self.plan.users
+        convert_cap = int(slot.carts * MAX_CONVERTED_SHARE + rng.random())
+        converting = min(slot.orders, convert_cap)
+        converted = set(rng.sample(range(slot.carts), converting)) if converting else set()
+        # (created_at, user_id, internship_id, cart_id) of the orders placed in this slot.
+        placed: list[tuple[int, int, int, int | None]] = []
+        times = sorted(slot.start + rng.randrange(slot.length) for _ in range(slot.carts))
+        for i, created in enumerate(times):
+            cart_id = self._take("cart")
+            internship_id = popular[int(rng.random() * 1024)]
+            if i in converted:
+                user_id = user_base + rng.randrange(users)
+                converted_at = min(now, created + rng.randint(60, 1800))
+                chunk["cart"].append((
+                    cart_id, self._token(), user_id, internship_id, created, converted_at,
+                    CartStatus.CONVERTED, None, converted_at,
+                ))
+                placed.append((converted_at, user_id, internship_id, cart_id))
+                continue
+            user_id = user_base + rng.randrange(users) if rng.random() < 0.75 else None
+            updated = min(now, created + min(int(rng.expovariate(1 / 600)), 6 * HOUR))
+            status, abandoned_at = CartStatus.ACTIVE, None
+            # Most carts idle past the threshold were flagged by an earlier cleanup run;
+            # the rest are left for the next one.
+            if now - updated > self.abandon_after and rng.random() < 0.8:
+                status = CartStatus.ABANDONED
+                abandoned_at = min(now, updated + self.abandon_after + rng.randrange(900))
+            chunk["cart"].append((
+                cart_id, self._token(), user_id, internship_id, created, updated, status, abandoned_at, None,
+            ))
+        for _ in range(slot.orders - converting):
+            placed.append((
+                slot.start + rng.randrange(slot.length), user_base + rng.randrange(users),
+                popular[int(rng.random() * 1024)], None,
+            ))
+        placed.sort(key=lambda p: p[0])
+        for created, user_id, internship_id, cart_id in placed:
+            self._order(chunk, created, user_id, internship_id, cart_id)
+
+    def _order(self, chunk, created: int, user_id: int, internship_id: int, cart_id: int | None) -> None:
+        rng, now = self.rng, self.now
+        order_id = self._take("order")
+        amount = self.prices[internship_id - self.bases["internship"] - 1]
+        age = now - created
+        roll = rng.random()
+        if age < self.sync_after:
+            status = "pending" if roll < 0.55 else "paid" if roll < 0.95 else "cancelled"
+        elif age < self.order_ttl:
+            status = ("pending" if roll < 0.12 else "paid" if roll < 0.85
+                      else "cancelled" if roll < 0.95 else "refunded")
+        else:
+            status = ("paid" if roll < 0.67 else "expired" if roll < 0.84 else "cancelled" if roll < 0.91
+                      else "refunded" if roll < 0.96 else "pending")
+        paid_at = expired_at = cancelled_at = refunded_at = email_sent_at = None
+        updated = created
+        payments = chunk["payment"]
+
+        def payment(status, p_created, p_updated, *, with_payment_id, captured_at=None, refunded=0, error=("", "")):
+            payments.append((
+                self._take("payment"), order_id, self._razorpay_id("order_"),
+                self._razorpay_id("pay_") if with_payment_id else None, amount, CURRENCY, status,
+                p_created, p_updated, captured_at, refunded, error[0], error[1], "", None,
+            ))
+
+        if status in ("paid", "refunded"):
+            paid_at = min(now, created + rng.randint(30, 900))
+            if status == "refunded":
+                refunded_at = paid_at + rng.randint(HOUR, 7 * DAY)
+                if refunded_at > now:
+                    status, refunded_at = "paid", None
+            step = (paid_at - created) // 8
+            if rng.random() < 0.06:  # an earlier attempt failed before this one went through
+                payment(PaymentStatus.FAILED, created + step, created + 2 * step, with_payment_id=True,
+                        error=rng.choice(PAYMENT_FAILURES))
+            if status == "refunded":
+                payment(PaymentStatus.REFUNDED, created + 3 * step, refunded_at, with_payment_id=True,
+                        captured_at=paid_at, refunded=amount)
+                updated = refunded_at
+            else:
+                payment(PaymentStatus.CAPTURED, created + 3 * step, paid_at, with_payment_id=True,
+                        captured_at=paid_at)
+                updated = paid_at
+                enrolled = min(now, paid_at + rng.randint(1, 20))
+                confirmed = enrolled + rng.randint(2, 30)
+                chunk["enrollment"].append((
+                    self._take("enrollment"), order_id, user_id, internship_id, enrolled,
+                    confirmed if confirmed <= now else None,
+                ))
+        elif status == "expired":
+            expired_at = min(now, created + self.order_ttl + rng.randrange(HOUR))
+            email_sent_at = min(now, expired_at + rng.randint(1, 60))
+            updated = expired_at
+            p_created = created + rng.randint(5, 120)
+            roll = rng.random()
+            if roll < 0.3:
+                payment(PaymentStatus.CANCELLED, p_created, expired_at, with_payment_id=False)
+            elif roll < 0.5:
+                payment(PaymentStatus.FAILED, p_created, p_created + rng.randint(5, 300), with_payment_id=True,
+                        error=rng.choice(PAYMENT_FAILURES))
+        elif status == "cancelled":
+            cancelled_at = min(now, created + rng.randint(60, 4 * HOUR))
+            updated = cancelled_at
+            p_created = min(cancelled_at, created + rng.randint(5, 60))
+            if rng.random() < 0.6:
+                payment(PaymentStatus.FAILED, p_created, cancelled_at, with_payment_id=True,
+                        error=rng.choice(PAYMENT_FAILURES))
+            else:
+                payment(PaymentStatus.CANCELLED, p_created, cancelled_at, with_payment_id=False)
+        else:  # pending: no payment yet, or one the gateway has not settled (payment_sync's work)
+            p_created = min(now, created + rng.randint(5, 120))
+            roll = rng.random()
+            if roll < 0.4:
+                payment(PaymentStatus.CREATED, p_created, p_created, with_payment_id=False)
+            elif roll < 0.6:
+                authorized = min(now, p_created + rng.randint(5, 120))
+                payment(PaymentStatus.AUTHORIZED, p_created, authorized, with_payment_id=True)
+            elif roll < 0.65:
+                payment(PaymentStatus.FAILED, p_created, min(now, p_created + rng.randint(5, 120)),
+                        with_payment_id=True, error=rng.choice(PAYMENT_FAILURES))
+        chunk["order"].append((
+            order_id, user_id, internship_id, cart_id, amount, CURRENCY, status, created, updated, paid_at,
+            expired_at, cancelled_at, refunded_at, email_sent_at,
+        ))
+
+
+# --- writers --------------------------------------------------------------------------------
+
+class _CopyWriter:
+    """PostgreSQL: COPY ... FROM STDIN (text format) from an in-memory chunk."""
+
+    method = "copy"
+
+    def __init__(self) -> None:
+        self._days: dict[int, str] = {}
+
+    def _ts(self, epoch) -> str:
+        if epoch is None:
+            return _NULL
+        days, seconds = divmod(epoch, DAY)
+        day = self._days.get(days)
+        if day is None:
+            day = self._days[days] = (date(1970, 1, 1) + timedelta(days=days)).isoformat()
+        hours, rest = divmod(seconds, HOUR)
+        minutes, secs = divmod(rest, 60)
+        return f"{day} {hours:02d}:{minutes:02d}:{secs:02d}+00"
+
+    @staticmethod
+    def _value(value) -> str:
+        if value is None:
+            return _NULL
+        if value is True:
+            return "t"
+        if value is False:
+            return "f"
+        return str(value)
+
+    def write(self, model, columns, rows) -> None:
+        if not rows:
+            return
+        times = _time_columns(model)
+        formats = [self._ts if c in times else self._value for c in columns]
+        buffer = io.StringIO()
+        buffer.writelines(
+            "\t".join([f(v) for f, v in zip(formats, row)]) + "\n" for row in rows
+        )
+        buffer.seek(0)
+        table = connection.ops.quote_name(model._meta.db_table)
+        column_list = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
+        with connection.cursor() as cursor:
+            cursor.copy_expert(f"COPY {table} ({column_list}) FROM STDIN", buffer)
+
+
+class _BulkWriter:
+    """Any other database: bulk_create in batches."""
+
+    method = "bulk_create"
+
+    def write(self, model, columns, rows) -> None:
+        if not rows:
+            return
+        times = _time_columns(model)
+        positions = [i for i, c in enumerate(columns) if c in times]
+        objects = []
+        for row in rows:
+            values = list(row)
+            for i in positions:
+                if values[i] is not None:
+                    values[i] = datetime.fromtimestamp(values[i], dt_timezone.utc)
+            objects.append(model(**dict(zip(columns, values))))
+        model.objects.bulk_create(objects, batch_size=1000)
+
+
+def _writer(method: str | None):
+    method = method or ("copy" if connection.vendor == "postgresql" else "bulk_create")
+    if method == "copy":
+        if connection.vendor != "postgresql":
+            raise ValueError("COPY needs PostgreSQL")
+        return _CopyWriter()
+    if method == "bulk_create":
+        return _BulkWriter()
+    raise ValueError(f"unknown load method {method!r}")
+
+
+# --- ids --------------------------------------------------------------------------------------
+
+def _lock_and_find_bases() -> dict[str, int]:
+    """Lock the tables against other writers and return, per table, the id after which ours start.
+
+    Rows carry explicit ids (children must know their parents' ids before COPY); the locks
+    hold until the seed commits, and `_advance_sequences` moves the sequences past our rows.
+    """
+    bases = {}
+    with connection.cursor() as cursor:
+        for key, (model, _) in zip(TABLE_KEYS, _tables()):
+            table = connection.ops.quote_name(model._meta.db_table)
+            if connection.vendor == "postgresql":
+                cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+            bases[key] = cursor.fetchone()[0]
+    return bases
+
+
+def _advance_sequences(bases: dict[str, int], next_ids: dict[str, int]) -> None:
+    # SQLite's AUTOINCREMENT follows explicit ids by itself.
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for key, (model, _) in zip(TABLE_KEYS, _tables()):
+            if next_ids[key] - 1 > bases[key]:
+                cursor.execute(
+                    "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
+                    [model._meta.db_table, next_ids[key] - 1],
+                )
+
+
+# --- services ---------------------------------------------------------------------------------
+
+def demo_data_seed(
+    *,
+    plan: SeedPlan,
+    now: datetime | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    method: str | None = None,
+    warm_cache: bool = True,
+) -> SeedResult:
+    """Insert `plan`'s users, internships, carts, orders, payments and enrollments in one transaction.
+
+    Then, when Redis is configured, write `cart:<token>` for the carts that are still live.
+    """
+    plan.validate()
+    now = now or timezone.now()
+    started = time.monotonic()
+    result = SeedResult()
+    writer = _writer(method)
+    result.method = writer.method
+    tables = dict(zip(TABLE_KEYS, _tables()))
+    with transaction.atomic():
+        bases = _lock_and_find_bases()
+        generator = _Generator(plan, now, bases, chunk_rows)
+        writer.write(*tables["internship"], generator.internships())
+        result.counts["internships"] = plan.internships
+        for rows in generator.users():
+            writer.write(*tables["user"], rows)
+            result.counts["users"] += len(rows)
+        for chunk in generator.chunks():
+            for key in ("cart", "order", "payment", "enrollment"):
+                writer.write(*tables[key], chunk[key])
+                result.counts[key + "s"] += len(chunk[key])
+        _advance_sequences(bases, generator.next_id)
+    first_cart = bases["cart"] + 1
+    if warm_cache and plan.carts:
+        try:
+            result.cache_entries = cart_cache_warm(
+                id_range=(first_cart, first_cart + plan.carts - 1), now=now
+            )
+        except Exception as exc:  # redis-py's errors and socket errors: the data is in, the cache is optional
+            result.cache_error = f"{type(exc).__name__}: {exc}"
+            log.warning("seed: cart cache not written: %s", result.cache_error)
+    result.seconds = time.monotonic() - started
+    result.peak_rss_mb = peak_rss_mb()
+    log.info(
+        "seed: method=%s seconds=%.1f peak_rss_mb=%.0f %s cache_entries=%s", result.method, result.seconds,
+        result.peak_rss_mb, " ".join(f"{k}={v}" for k, v in sorted(result.counts.items())),
+        result.cache_entries,
+    )
+    return result
+
+
+def cart_cache_warm(*, id_range: tuple[int, int] | None = None, now: datetime | None = None,
+                    batch_size: int = 5000) -> int:
+    """Write `cart:<token>` for active carts younger than CART_TTL, expiring with the cart.
+
+    Pipelined, in batches by primary key. Returns how many keys were written (0 without Redis).
+    """
+    client = get_redis()
+    if client is None:
+        return 0
+    now = now or timezone.now()
+    ttl = settings.CART_TTL
+    carts = Cart.objects.filter(status=CartStatus.ACTIVE, created_at__gt=now - ttl)
+    if id_range is not None:
+        carts = carts.filter(id__range=id_range)
+    serializer = RedisSerializer()
+    written, last_id = 0, 0
+    while True:
+        batch = list(
+            carts.filter(id__gt=last_id).order_by("id").values_list(
+                "id", "token", "user_id", "internship_id", "created_at", "updated_at"
+            )[:batch_size]
+        )
+        if not batch:
+            return written
+        pipe = client.pipeline(transaction=False)
+        for cart_id, token, user_id, internship_id, created_at, updated_at in batch:
+            remaining = math.ceil((created_at + ttl - now).total_seconds())
+            value = {
+                "cart_id": cart_id, "token": str(token), "user_id": user_id,
+                "internship_id": internship_id, "updated_at": updated_at.isoformat(),
+            }
+            pipe.set(cart_cache_key(token), serializer.dumps(value), ex=max(1, remaining))
+        pipe.execute()
+        written += len(batch)
+        last_id = batch[-1][0]
+
+
+def demo_data_reset() -> Counter:
+    """Empty the domain tables (enrollments, payments, orders, carts, internships), the seeded
+
+    accounts (every user that is neither staff nor superuser) and the `cart:*` cache keys.
+    """
+    counts: Counter = Counter()
+    with transaction.atomic():
+        for model in (Enrollment, Payment, Order, Cart, Internship):
+            counts[model._meta.model_name] = model.objects.count()
+        if connection.vendor == "postgresql":
+            tables = ", ".join(
+                connection.ops.quote_name(m._meta.db_table) for m in (Enrollment, Payment, Order, Cart, Internship)
+            )
+            # CASCADE: report rows that point at internships go with them. TRUNCATE refuses
+            # tables with deferred checks pending in this transaction, so run those first.
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        else:
+            for model in (Enrollment, Payment, Order, Cart, Internship):
+                model.objects.all().delete()
+        users = get_user_model().objects.filter(is_staff=False, is_superuser=False)
+        last_id = 0
+        while True:
+            ids = list(users.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:5000])
+            if not ids:
+                break
+            get_user_model().objects.filter(id__in=ids).delete()
+            counts["user"] += len(ids)
+            last_id = ids[-1]
+    client = get_redis()
+    if client is not None:
+        try:
+            batch = []
+            for key in client.scan_iter(match="cart:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    counts["cache_key"] += client.unlink(*batch)
+                    batch = []
+            if batch:
+                counts["cache_key"] += client.unlink(*batch)
+        except Exception as exc:  # the tables are empty; stale keys expire with their TTL
+            log.warning("reset: cart cache keys not removed: %s: %s", type(exc).__name__, exc)
+    return counts
+
+
+def one_line_errors(parser, name: str):
+    """Make a command's usage errors one line and exit status 2 (argparse prints the whole usage)."""
+
+    def error(message):
+        if not parser.called_from_command_line:
+            raise CommandError(f"{message}", returncode=2)
+        sys.stderr.write(f"{name}: {message}\n")
+        sys.exit(2)
+
+    parser.error = error
+    return parser
