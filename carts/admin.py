@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from carts.models import Cart
+from carts.models import Cart, CartDayTally, CartSnapshot, CartSnapshotLine, PendingCacheDelete
 
 
 @admin.register(Cart)
@@ -12,3 +12,47 @@ class CartAdmin(admin.ModelAdmin):
     list_select_related = ("user", "internship")
     date_hierarchy = "created_at"
     show_full_result_count = False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Statistics written by cart_cleanup: for reading, not editing."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class CartSnapshotLineInline(admin.TabularInline):
+    model = CartSnapshotLine
+    fields = ("internship", "active", "abandoned", "converted", "deleted", "flagged")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CartSnapshot)
+class CartSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("taken_at", "active", "abandoned", "converted", "deleted", "flagged", "cache_keys_pending", "run")
+    date_hierarchy = "taken_at"
+    list_select_related = ("run",)
+    inlines = [CartSnapshotLineInline]
+    show_full_result_count = False
+
+
+@admin.register(CartDayTally)
+class CartDayTallyAdmin(ReadOnlyAdmin):
+    list_display = ("day", "internship", "created_deleted", "abandoned_deleted")
+    list_filter = ("internship",)
+    date_hierarchy = "day"
+    list_select_related = ("internship",)
+
+
+@admin.register(PendingCacheDelete)
+class PendingCacheDeleteAdmin(ReadOnlyAdmin):
+    list_display = ("key", "created_at")
+    search_fields = ("=key",)
