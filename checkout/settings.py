@@ -150,7 +150,7 @@ CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_CACHE_BACKEND = "default"
 CELERY_TIMEZONE = CHECKOUT_TIME_ZONE
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "ops.scheduler:CatchUpScheduler"
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 
 # --- domain -------------------------------------------------------------------
@@ -213,6 +213,16 @@ HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 3.0)
 HEALTH_STALE_AFTER = env_duration("HEALTH_STALE_AFTER", timedelta(hours=2))
 # /health/ recomputes its database-backed parts at most this often per process.
 HEALTH_CACHE_SECONDS = env_float("HEALTH_CACHE_SECONDS", 5.0)
+
+# --- job runtime ----------------------------------------------------------------
+# Extra modules that register jobs (e.g. test-only jobs that worker processes must see).
+CHECKOUT_EXTRA_JOB_MODULES = env_list("CHECKOUT_EXTRA_JOB_MODULES", [])
+# A job alerts when more than this share of its finished runs in the window failed
+# (with at least ALERT_MIN_RUNS runs), or when it has not succeeded within twice its interval.
+ALERT_FAILURE_RATIO = env_float("ALERT_FAILURE_RATIO", 0.5)
+ALERT_WINDOW = env_duration("ALERT_WINDOW", timedelta(hours=6))
+ALERT_MIN_RUNS = env_int("ALERT_MIN_RUNS", 2, minimum=1)
+ALERT_BACKENDS = env_list("ALERT_BACKENDS", ["ops.alerts.LogBackend", "ops.alerts.EmailBackend"])
 
 # --- static, security ---------------------------------------------------------
 STATIC_URL = "static/"

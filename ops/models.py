@@ -128,3 +128,54 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} #{self.pk}"
+
+
+class ManagedSchedule(models.Model):
+    """A django-celery-beat row that `sync_schedules` manages, and what code last declared for it.
+
+    The fingerprint lets sync tell a changed declaration (overwrite the row) from
+    an admin edit of an unchanged one (keep it). An empty fingerprint marks a row
+    retired because code no longer declares it.
+    """
+
+    name = models.CharField(max_length=200, primary_key=True)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    declared = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AlertIncident(models.Model):
+    """One alert incident for a job: opened once when a rule trips, resolved when it recovers."""
+
+    class Kind(models.TextChoices):
+        FAILURE_RATIO = "failure_ratio", "failure ratio"
+        STALE = "stale", "no recent success"
+
+    job = models.CharField(max_length=64)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    summary = models.TextField()
+    detail = models.JSONField(default=dict, blank=True)
+    opened_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job", "kind"], condition=Q(resolved_at__isnull=True),
+                name="alertincident_one_open_per_job_kind",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["job"], condition=Q(resolved_at__isnull=True), name="alertincident_open_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        state = "resolved" if self.resolved_at else "open"
+        return f"{self.job} {self.kind} ({state})"

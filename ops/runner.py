@@ -29,6 +29,10 @@ log = logging.getLogger("ops.jobs")
 ProgressCallback = Callable[[int, int | None, str], None]
 
 
+# The reason recorded when the job's lock is taken; `runjob` exits 3 on it.
+LOCK_HELD = "another run of this job holds its lock"
+
+
 class JobSkipped(Exception):
     """Raised by a job body that decides not to run (the reason is recorded)."""
 
@@ -118,9 +122,15 @@ def run_job(
 
     lock = try_acquire(job.name, lease=job.time_limit)
     if lock is None:
-        return _record_skip(job, trigger, dry_run, params, task_id, "another run of this job holds its lock")
+        return _record_skip(job, trigger, dry_run, params, task_id, LOCK_HELD)
 
     with lock:
+        # Holding the lock proves that no other run of the job is alive: a row still
+        # "running" belongs to a process that died mid-run.
+        JobRun.objects.filter(job=job.name, status=JobRun.Status.RUNNING).update(
+            status=JobRun.Status.FAILED, finished_at=timezone.now(),
+            error="the process running it died (its lock was found free)",
+        )
         run = JobRun.objects.create(
             job=job.name, trigger=trigger, dry_run=dry_run, params=params,
             status=JobRun.Status.RUNNING, started_at=timezone.now(),
@@ -160,6 +170,11 @@ def run_job(
         job.name, run.pk, trigger, run.status, dry_run, run.duration_ms, counts,
         f" error={run.error!r}" if run.error else "",
     )
+
+    if not dry_run:
+        from ops.alerts import alerts_after_run
+
+        alerts_after_run(run)
 
     if run.status == JobRun.Status.SUCCESS and not dry_run and enqueue_followups:
         from ops.tasks import enqueue_job

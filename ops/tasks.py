@@ -15,15 +15,23 @@ from functools import wraps
 from typing import Callable
 
 from celery.exceptions import Ignore, Retry
+from celery.signals import worker_init, worker_process_init
 from django.db import transaction
 from django.utils import timezone
 
 from checkout.celery import app
-from ops import metrics
+from ops import locks, metrics
 from ops.models import DeadLetter, JobRun
 from ops.registry import Job, get_job
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _keep_lock_connections(**_) -> None:
+    # A worker runs many jobs: keep its lock connection instead of opening one per run.
+    locks.keep_lock_connections()
 
 
 def backoff_countdown(retries: int, base: float = 2.0, cap: float = 30.0, rng=random) -> float:
@@ -173,13 +181,17 @@ def enqueue_job(
     day: date | None = None,
     params: dict | None = None,
     countdown: float = 0,
+    expires: float | None = None,
 ) -> str:
-    """Queue a run of the job on its queue; returns the Celery task id."""
+    """Queue a run of the job on its queue; returns the Celery task id.
+
+    `expires` (seconds): a run still queued after that is dropped by the worker.
+    """
     params = dict(params or {})
     date_param = params.pop("date", None) or (day.isoformat() if day else None)
     result = job_task(name).apply_async(
         kwargs={"trigger": trigger, "dry_run": dry_run, "date": date_param, "params": params},
-        countdown=countdown or None,
+        countdown=countdown or None, expires=expires,
     )
     return result.id
 
