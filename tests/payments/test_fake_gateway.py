@@ -1,5 +1,11 @@
 """The fake Razorpay speaks the /v1 API the SDK calls, in Razorpay's shapes, with scriptable state and faults."""
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import razorpay
@@ -8,6 +14,8 @@ from razorpay.errors import BadRequestError
 
 from payments.fake_gateway import FakeRazorpay
 from tests.payments.conftest import KEY_ID, KEY_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -176,3 +184,28 @@ def test_script_api_refuses_bad_input(fake_gateway):
         fake_gateway.set_faults(p_5xx=0.7, p_429=0.5)
     with pytest.raises(TypeError):
         fake_gateway.set_faults(p_teapot=0.1)
+
+
+@pytest.mark.slow
+def test_management_command_serves_until_terminated(tmp_path):
+    # given
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="checkout.settings", PYTHONPATH=str(ROOT),
+               RAZORPAY_KEY_ID="rzp_test_cmd", RAZORPAY_KEY_SECRET="cmd-secret")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "fake_razorpay", "--port", "0", "--seed", "3"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        base_url = re.search(r"at (http://\S+)", first)[1]
+        # when
+        sdk = razorpay.Client(auth=("rzp_test_cmd", "cmd-secret"), base_url=base_url)
+        # then
+        with pytest.raises(BadRequestError, match="does not exist"):
+            sdk.order.fetch("order_nothing00000", timeout=2)
+        assert "cmd-secret" not in first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "stopped" in out
