@@ -1,0 +1,61 @@
+"""Jobs and a background task that exist only to test the runtime.
+
+Tests register them in-process through tests/ops/conftest.py; worker and runjob
+subprocesses import them through CHECKOUT_EXTRA_JOB_MODULES=tests.ops.jobs_for_tests.
+They do nothing unless a test asks, through params or the OPS_TEST_HOLD_KEY and
+OPS_TEST_FAIL environment variables.
+"""
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from checkout.redis import get_redis
+from ops.registry import job
+from ops.runner import JobContext, JobError, JobSkipped
+from ops.tasks import background_task
+
+TEST_JOBS = ("ops_test_job", "ops_test_undated")
+TEST_TASKS = ("ops_test.flaky",)
+HOLD_TIMEOUT_S = 60
+
+
+@job("ops_test_job", accepts_date=True, time_limit=timedelta(minutes=2), max_retries=2)
+def ops_test_job(ctx: JobContext) -> dict:
+    """Test-only job: holds, fails, skips or counts steps as its params say."""
+    params = ctx.params
+    hold = params.get("hold_key") or os.environ.get("OPS_TEST_HOLD_KEY")
+    if hold:
+        # Tell the test it holds the lock, then wait for its go (an event, not a sleep).
+        client = get_redis()
+        client.rpush(f"{hold}:started", os.getpid())
+        client.blpop(f"{hold}:release", timeout=HOLD_TIMEOUT_S)
+    if params.get("fail_unless_file") and not Path(params["fail_unless_file"]).exists():
+        raise JobError(f"{params['fail_unless_file']} does not exist")
+    if params.get("crash") or os.environ.get("OPS_TEST_FAIL"):
+        raise RuntimeError(params.get("crash") or "failing as OPS_TEST_FAIL asks")
+    if params.get("skip"):
+        raise JobSkipped(params["skip"])
+    steps = int(params.get("steps", 0))
+    for step in range(1, steps + 1):
+        ctx.progress(step, steps, "steps")
+        ctx.add("would_write" if ctx.dry_run else "written")
+    return {"date": ctx.date.isoformat() if ctx.date else None, "trigger": ctx.trigger}
+
+
+@job("ops_test_undated")
+def ops_test_undated(ctx: JobContext) -> dict:
+    """Test-only job that takes no date and does nothing."""
+    ctx.add("noop")
+    return {}
+
+
+class Transient(Exception):
+    pass
+
+
+@background_task("ops_test.flaky", queue="default", max_retries=3, retry_on=(Transient,))
+def flaky(kind: str = "transient") -> str:
+    """Fails with a retryable error, or with a permanent one."""
+    if kind == "transient":
+        raise Transient("gateway busy")
+    raise ValueError("bad input")
