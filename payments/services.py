@@ -41,7 +41,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     AUTHORIZED: frozenset({CREATED, FAILED, CANCELLED}),
     CAPTURED: frozenset({CREATED, AUTHORIZED, FAILED, CANCELLED}),
     FAILED: frozenset({CREATED}),
-    REFUNDED: frozenset({AUTHORIZED, CAPTURED}),
+    # Seen only once refunded: an authorization we never heard of, released since.
+    REFUNDED: frozenset({CREATED, AUTHORIZED, CAPTURED, FAILED, CANCELLED}),
 }
 # Which attempt of a Razorpay order speaks for it when there are several.
 _RANK = {CAPTURED: 5, AUTHORIZED: 4, REFUNDED: 3, FAILED: 2, CREATED: 1}
