@@ -154,7 +154,7 @@ ORDER_COLUMNS = (
 PAYMENT_COLUMNS = (
     "id", "order_id", "razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status",
     "created_at", "updated_at", "captured_at", "refunded_paise", "error_code", "error_description",
-    "mismatch", "last_synced_at",
+    "mismatch", "last_synced_at", "authorized_at", "refunded_at",
 )
 ENROLLMENT_COLUMNS = ("id", "order_id", "user_id", "internship_id", "created_at", "confirmation_sent_at")
 
@@ -394,11 +394,13 @@ class _Generator:
         updated = created
         payments = chunk["payment"]
 
-        def payment(status, p_created, p_updated, *, with_payment_id, captured_at=None, refunded=0, error=("", "")):
+        def payment(status, p_created, p_updated, *, with_payment_id, authorized_at=None, captured_at=None,
+                    refunded_at=None, error=("", "")):
             payments.append((
                 self._take("payment"), order_id, self._razorpay_id("order_"),
                 self._razorpay_id("pay_") if with_payment_id else None, amount, CURRENCY, status,
-                p_created, p_updated, captured_at, refunded, error[0], error[1], "", None,
+                p_created, p_updated, captured_at, amount if refunded_at else 0, error[0], error[1], "", None,
+                authorized_at, refunded_at,
             ))
 
         if status in ("paid", "refunded"):
@@ -413,11 +415,11 @@ class _Generator:
                         error=rng.choice(PAYMENT_FAILURES))
             if status == "refunded":
                 payment(PaymentStatus.REFUNDED, created + 3 * step, refunded_at, with_payment_id=True,
-                        captured_at=paid_at, refunded=amount)
+                        authorized_at=created + 5 * step, captured_at=paid_at, refunded_at=refunded_at)
                 updated = refunded_at
             else:
                 payment(PaymentStatus.CAPTURED, created + 3 * step, paid_at, with_payment_id=True,
-                        captured_at=paid_at)
+                        authorized_at=created + 5 * step, captured_at=paid_at)
                 updated = paid_at
                 enrolled = min(now, paid_at + rng.randint(1, 20))
                 confirmed = enrolled + rng.randint(2, 30)
@@ -452,7 +454,8 @@ class _Generator:
                 payment(PaymentStatus.CREATED, p_created, p_created, with_payment_id=False)
             elif roll < 0.6:
                 authorized = min(now, p_created + rng.randint(5, 120))
-                payment(PaymentStatus.AUTHORIZED, p_created, authorized, with_payment_id=True)
+                payment(PaymentStatus.AUTHORIZED, p_created, authorized, with_payment_id=True,
+                        authorized_at=authorized)
             elif roll < 0.65:
                 payment(PaymentStatus.FAILED, p_created, min(now, p_created + rng.randint(5, 120)),
                         with_payment_id=True, error=rng.choice(PAYMENT_FAILURES))
@@ -719,3 +722,41 @@ def one_line_errors(parser, name: str):
 
     parser.error = error
     return parser
+
+
+def fake_gateway_populate(fake, *, seed: int = 0, batch_size: int = 2000) -> Counter:
+    """Give the local fake Razorpay what the real one would know about the seeded payments.
+
+    Settled payments mirror our rows; of the payments still `created` here, some were in
+    fact paid (or failed) at the gateway and only payment_sync will find out.
+    """
+    rng = random.Random(seed)
+    counts: Counter = Counter()
+    gateway_status = {
+        PaymentStatus.AUTHORIZED: "authorized", PaymentStatus.CAPTURED: "captured",
+        PaymentStatus.FAILED: "failed", PaymentStatus.REFUNDED: "refunded",
+    }
+    rows = Payment.objects.order_by("id").values_list(
+        "razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status", "error_code",
+        "error_description",
+    )
+    for order_id, payment_id, amount, currency, status, error_code, error_description in rows.iterator(
+        chunk_size=batch_size
+    ):
+        fake.add_order(amount=amount, currency=currency, order_id=order_id)
+        counts["orders"] += 1
+        if payment_id and status in gateway_status:
+            fake.add_payment(
+                order_id=order_id, payment_id=payment_id, status=gateway_status[status],
+                error_code=error_code or None, error_description=error_description or None,
+            )
+            counts[gateway_status[status]] += 1
+        elif status == PaymentStatus.CREATED:
+            roll = rng.random()
+            if roll < 0.5:
+                fake.add_payment(order_id=order_id, status="captured")
+                counts["captured_unseen"] += 1
+            elif roll < 0.7:
+                fake.add_payment(order_id=order_id, status="failed")
+                counts["failed_unseen"] += 1
+    return counts

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 
 from carts.models import Cart
 from ops.demo_data import SeedPlan, demo_data_reset, demo_data_seed
@@ -47,7 +47,8 @@ def _snapshot():
             "updated_at", "paid_at", "expired_at", "cancelled_at", "refunded_at", "expiration_email_sent_at")),
         "payments": list(Payment.objects.order_by("id").values_list(
             "id", "order_id", "razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status",
-            "created_at", "updated_at", "captured_at", "refunded_paise", "error_code")),
+            "created_at", "updated_at", "captured_at", "refunded_paise", "error_code", "authorized_at",
+            "refunded_at")),
         "enrollments": list(Enrollment.objects.order_by("id").values_list(
             "id", "order_id", "user_id", "internship_id", "created_at", "confirmation_sent_at")),
     }
@@ -86,18 +87,21 @@ def test_rows_keep_the_schema_invariants(frozen):
     # a captured payment belongs to a paid order, a refunded one to a refunded order, in full
     assert set(Payment.objects.filter(status="captured").values_list("order__status", flat=True)) == {"paid"}
     assert set(Payment.objects.filter(status="refunded").values_list("order__status", flat=True)) == {"refunded"}
-    assert not Payment.objects.filter(status="refunded").exclude(refunded_paise=models_f("amount_paise")).exists()
+    refunded = Payment.objects.filter(status="refunded")
+    assert not refunded.exclude(refunded_paise=F("amount_paise")).exists()
+    assert not refunded.filter(Q(refunded_at__isnull=True) | Q(authorized_at__isnull=True)).exists()
+    assert not Payment.objects.filter(status__in=["authorized", "captured"], authorized_at__isnull=True).exists()
     # every payment charges its order's amount; no payment for a settled order is left unsettled
-    assert not Payment.objects.exclude(amount_paise=models_f("order__amount_paise")).exists()
+    assert not Payment.objects.exclude(amount_paise=F("order__amount_paise")).exists()
     assert not Payment.objects.filter(status__in=["created", "authorized"]).exclude(order__status="pending").exists()
     assert not Enrollment.objects.exclude(order__status="paid").exists()
     # amounts are the internship's price
-    assert not Order.objects.exclude(amount_paise=models_f("internship__price_paise")).exists()
+    assert not Order.objects.exclude(amount_paise=F("internship__price_paise")).exists()
     # converted carts have their order, created at conversion; other carts have none
     converted = Cart.objects.filter(status="converted")
     assert converted.filter(orders__isnull=True).count() == 0
     assert not Order.objects.filter(cart__isnull=False).exclude(cart__status="converted").exists()
-    assert not Order.objects.filter(cart__isnull=False).exclude(created_at=models_f("cart__converted_at")).exists()
+    assert not Order.objects.filter(cart__isnull=False).exclude(created_at=F("cart__converted_at")).exists()
     assert not Cart.objects.filter(status="abandoned", abandoned_at__isnull=True).exists()
     assert not Order.objects.filter(status="expired").filter(Q(expired_at__isnull=True)).exists()
     # Razorpay's id shapes, unique
@@ -212,9 +216,3 @@ def test_negative_carts_on_the_command_line_is_one_line_and_exit_2(process_env):
     assert done.stderr.strip().count("\n") == 0
     assert "--carts must be between 0" in done.stderr
     assert done.stdout == ""
-
-
-def models_f(name):
-    from django.db.models import F
-
-    return F(name)

@@ -1,0 +1,58 @@
+"""`manage.py demo --no-serve` from nothing: a fresh SQLite file, no PostgreSQL, no Redis, no broker."""
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from ops.management.commands.demo import job_order
+from ops.registry import all_jobs
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_a_fresh_sqlite_file(tmp_path):
+    # given an environment with nothing configured but a database file of its own
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"REDIS_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "DATABASE_URL"}
+           and not k.startswith("CHECKOUT_TEST_")}
+    database = tmp_path / "demo.sqlite3"
+    env.update(
+        DATABASE_URL=f"sqlite:///{database}", DJANGO_SETTINGS_MODULE="checkout.settings",
+        BACKUP_DIR=str(tmp_path / "backups"), PYTHONPATH=str(ROOT),
+    )
+
+    # when
+    done = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--no-serve"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+
+    # then it exits 0 and prints a summary line for every registered job
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = done.stdout.split("== summary", 1)[1]
+    lines = {line.split()[0]: line for line in summary.splitlines()[3:] if line[:1].strip()}
+    for name in all_jobs():
+        assert name in lines, f"{name} missing from the summary:\n{summary}"
+        assert lines[name].split()[1] in {"success", "skipped", "failed"}
+    assert "user 'admin', password '" in done.stdout
+    # and the data, the ledger and the admin user are in the file
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM orders_order").fetchone()[0] == 400
+        assert db.execute("SELECT COUNT(*) FROM carts_cart WHERE status = 'converted'").fetchone()[0] > 0
+        ran = {row[0] for row in db.execute("SELECT DISTINCT job FROM ops_jobrun")}
+        assert ran == set(all_jobs())
+        assert db.execute("SELECT is_superuser FROM auth_user WHERE username = 'admin'").fetchone() == (1,)
+        assert db.execute("SELECT COUNT(*) FROM analytics_dailyreport").fetchone()[0] >= 50
+
+
+def test_jobs_run_cleanups_first_and_database_jobs_last():
+    names = list(all_jobs()) + ["some_new_job"]
+
+    order = job_order(names)
+
+    assert sorted(order) == sorted(names)
+    assert order.index("cart_cleanup") < order.index("payment_sync") < order.index("daily_analytics")
+    assert order.index("some_new_job") < order.index("db_backup") < order.index("db_optimize")
+    assert order[-1] == "db_monitor"
