@@ -19,7 +19,7 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 
 from analytics.models import DailyReport, WeeklyReport
-from carts.models import Cart
+from carts.selectors import cart_counts_by_day
 from ops.runner import local_day_bounds, local_zone
 from orders.models import Enrollment, Internship, Order
 from payments.models import Payment
@@ -90,19 +90,6 @@ def _by_local_day(queryset, field: str, start_at: datetime, end_at: datetime, *g
         .order_by()
         .values("day", *group)
     )
-
-
-def cart_counts_by_day(start: date, end: date) -> dict[date, dict[int | None, dict[str, int]]]:
-    """Carts created, abandoned and converted per local day in [start, end) and internship."""
-    start_at, end_at = _bounds(start, end)
-    counts: dict[date, dict[int | None, dict[str, int]]] = {}
-    for field, name in (("created_at", "created"), ("abandoned_at", "abandoned"), ("converted_at", "converted")):
-        for row in _by_local_day(Cart.objects.all(), field, start_at, end_at, "internship_id").annotate(
-            n=Count("id")
-        ):
-            per_internship = counts.setdefault(row["day"], {}).setdefault(row["internship_id"], {})
-            per_internship[name] = per_internship.get(name, 0) + row["n"]
-    return counts
 
 
 def rollup(start: date, end: date) -> dict[date, Lines]:
