@@ -83,8 +83,13 @@ def _resolve(incident: AlertIncident, now: datetime) -> bool:
     return True
 
 
-def _failure_ratio(job: str, now: datetime) -> tuple[bool, bool, str, dict]:
-    """(tripped, recovered, summary, detail) of the failure-ratio rule."""
+def _failure_ratio(job: str, now: datetime) -> tuple[bool, str, dict]:
+    """(tripped, summary, detail) of the failure-ratio rule.
+
+    Tripped: enough runs in the window, too many of them failed, and the job has not
+    since strung together ALERT_MIN_RUNS successes (which is how it recovers before
+    the failures age out of the window).
+    """
     window = settings.ALERT_WINDOW
     threshold = settings.ALERT_FAILURE_RATIO
     finished = JobRun.objects.filter(
@@ -97,19 +102,19 @@ def _failure_ratio(job: str, now: datetime) -> tuple[bool, bool, str, dict]:
     runs, failed = agg["runs"], agg["failed"]
     ratio = failed / runs if runs else 0.0
     tripped = runs >= settings.ALERT_MIN_RUNS and ratio > threshold
-    latest = list(finished.order_by("-started_at").values_list("status", flat=True)[: settings.ALERT_MIN_RUNS])
-    # Recovered: back under the threshold, or the latest runs all succeeded.
-    recovered = ratio <= threshold or (
-        len(latest) == settings.ALERT_MIN_RUNS and all(s == JobRun.Status.SUCCESS for s in latest)
-    )
+    if tripped:
+        latest = list(
+            finished.order_by("-started_at").values_list("status", flat=True)[: settings.ALERT_MIN_RUNS]
+        )
+        tripped = JobRun.Status.FAILED in latest
     summary = (
         f"{failed} of the last {runs} runs failed in {_hours(window)} "
         f"({ratio:.0%}, threshold {threshold:.0%})"
     )
-    return tripped, recovered, summary, {"runs": runs, "failed": failed, "ratio": ratio}
+    return tripped, summary, {"runs": runs, "failed": failed, "ratio": ratio}
 
 
-def _stale(job: str, now: datetime) -> tuple[bool, bool, str, dict] | None:
+def _stale(job: str, now: datetime) -> tuple[bool, str, dict] | None:
     """The no-recent-success rule; None when the job has no enabled schedule to measure against."""
     interval = schedules.expected_interval(job)
     if interval is None:
@@ -127,7 +132,7 @@ def _stale(job: str, now: datetime) -> tuple[bool, bool, str, dict] | None:
     # A schedule younger than the horizon has not had its chance yet.
     tripped = not succeeded and since is not None and since <= horizon
     summary = f"no successful run in the last {_hours(2 * interval)} (expected every {_hours(interval)})"
-    return tripped, succeeded, summary, {"interval_s": interval.total_seconds()}
+    return tripped, summary, {"interval_s": interval.total_seconds()}
 
 
 def _hours(delta: timedelta) -> str:
@@ -151,12 +156,12 @@ def evaluate_job(
     for kind, outcome in rules.items():
         if outcome is None:
             continue
-        tripped, recovered, summary, detail = outcome
+        tripped, summary, detail = outcome
         incident = open_by_kind.get(kind)
         if incident is None and tripped:
             if _open(job, kind, summary, detail, now) is not None:
                 changes[kind] = "opened"
-        elif incident is not None and recovered and not tripped:
+        elif incident is not None and not tripped:
             if _resolve(incident, now):
                 changes[kind] = "resolved"
     return changes
