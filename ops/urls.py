@@ -4,4 +4,6 @@ from ops import views
 
 urlpatterns = [
     path("health/live/", views.health_live, name="health-live"),
+    path("health/", views.health, name="health"),
+    path("metrics", views.metrics, name="metrics"),
 ]

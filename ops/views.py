@@ -1,10 +1,40 @@
-"""Operational HTTP endpoints."""
-from django.http import JsonResponse
+"""Operational HTTP endpoints: liveness, health, Prometheus metrics."""
+import logging
+
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
 
 
 @require_GET
 def health_live(request):
     """Liveness: the process answers. Touches no dependency."""
     return JsonResponse({"status": "alive", "timestamp": timezone.now().isoformat()})
+
+
+@never_cache
+@require_GET
+def health(request):
+    """Readiness and dependency health; `?strict=1` answers 503 on any failure, not only critical ones."""
+    from ops.maintenance.health import health_report
+
+    try:
+        code, body = health_report(strict=request.GET.get("strict") in {"1", "true", "yes"})
+    except Exception:  # a monitor must get JSON, never a 500 page
+        log.exception("health report failed")
+        code, body = 503, {
+            "status": "unhealthy", "timestamp": timezone.now().isoformat(), "error": "health report failed",
+        }
+    return JsonResponse(body, status=code)
+
+
+@never_cache
+@require_GET
+def metrics(request):
+    from ops.maintenance.prometheus import exposition
+
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

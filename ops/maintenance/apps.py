@@ -7,3 +7,11 @@ class MaintenanceConfig(AppConfig):
     name = "ops.maintenance"
     label = "maintenance"
     verbose_name = "Maintenance and health"
+
+    def ready(self) -> None:
+        from celery.signals import heartbeat_sent
+
+        from ops.maintenance.workers import note_heartbeat
+
+        # Connected before any worker starts: celery only sends the signal if it has receivers then.
+        heartbeat_sent.connect(note_heartbeat, weak=False, dispatch_uid="maintenance.note_heartbeat")

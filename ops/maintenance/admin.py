@@ -1,0 +1,64 @@
+"""Admin for backups, database snapshots and dependency health results (read-only records)."""
+from django.contrib import admin, messages
+from django.template.defaultfilters import filesizeformat
+
+from ops.maintenance.backups import BackupError, backup_verify
+from ops.maintenance.models import Backup, DbSnapshot, HealthCheck
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Written by jobs only: the admin reads them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Backup)
+class BackupAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "status", "filename", "size", "duration_ms", "verified_at", "restore_ok")
+    list_filter = ("status", "vendor")
+    search_fields = ("filename", "sha256")
+    date_hierarchy = "started_at"
+    actions = ["verify"]
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, obj):
+        return filesizeformat(obj.size_bytes) if obj.size_bytes is not None else "-"
+
+    @admin.display(description="restore check", boolean=True)
+    def restore_ok(self, obj):
+        return obj.restore_check.get("ok") if obj.restore_check else None
+
+    @admin.action(description="Verify the selected backups (checksum and archive)")
+    def verify(self, request, queryset):
+        for backup in queryset:
+            try:
+                backup_verify(backup)
+            except BackupError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"backup {backup.pk} verified", messages.SUCCESS)
+
+
+@admin.register(DbSnapshot)
+class DbSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("taken_at", "vendor", "database_size", "connections", "max_connections", "breach_count")
+    date_hierarchy = "taken_at"
+
+    @admin.display(description="database size", ordering="database_bytes")
+    def database_size(self, obj):
+        return filesizeformat(obj.database_bytes) if obj.database_bytes is not None else "-"
+
+    @admin.display(description="thresholds passed")
+    def breach_count(self, obj):
+        return len(obj.breaches)
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ReadOnlyAdmin):
+    list_display = ("checked_at", "service", "status", "latency_ms")
+    list_filter = ("service", "status")
+    date_hierarchy = "checked_at"

@@ -1,0 +1,160 @@
+"""Prometheus exposition for /metrics, read at scrape time from shared state.
+
+Jobs come from the run ledger, background tasks from ops.metrics' Redis
+counters, queues and workers from Redis, dead letters and health from their
+tables: every number is the same whichever process serves the scrape, so web
+and worker processes need no shared memory. Each source is read on its own;
+one that fails is reported in checkout_scrape_errors instead of failing the
+whole scrape.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db.models import Count, Max, Sum
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from ops import metrics as task_metrics
+from ops.maintenance import selectors
+from ops.maintenance.models import HealthCheck
+from ops.models import JobRun
+
+log = logging.getLogger(__name__)
+
+SERVICE_STATUSES = ("ok", "degraded", "down", selectors.UNKNOWN)
+
+
+def _job_metrics():
+    runs = CounterMetricFamily(
+        "checkout_job_runs", "Job runs in the run ledger, by job and status", labels=["job", "status"]
+    )
+    durations = SummaryMetricFamily(
+        "checkout_job_duration_seconds", "Duration of finished job runs", labels=["job"]
+    )
+    last_success = GaugeMetricFamily(
+        "checkout_job_last_success_timestamp_seconds", "End of the job's last successful run",
+        labels=["job"],
+    )
+    ledger = JobRun.objects.filter(dry_run=False)
+    by_job: dict[str, list] = {}
+    for job, status, n, total_ms, finished in (
+        ledger.values_list("job", "status")
+        .annotate(n=Count("pk"), total=Sum("duration_ms"), finished=Count("duration_ms"))
+        .order_by("job", "status")
+    ):
+        runs.add_metric([job, status], n)
+        acc = by_job.setdefault(job, [0, 0])
+        acc[0] += finished
+        acc[1] += (total_ms or 0) / 1000
+    for job, (count, seconds) in by_job.items():
+        durations.add_metric([job], count_value=count, sum_value=seconds)
+    for job, finished_at in (
+        ledger.filter(status=JobRun.Status.SUCCESS).values_list("job")
+        .annotate(last=Max("finished_at")).order_by("job")
+    ):
+        if finished_at is not None:
+            last_success.add_metric([job], finished_at.timestamp())
+    return [runs, durations, last_success]
+
+
+def _task_metrics():
+    runs = CounterMetricFamily(
+        "checkout_task_runs", "Background task executions, by task and outcome", labels=["task", "outcome"]
+    )
+    durations = SummaryMetricFamily("checkout_task_duration_seconds", "Background task durations", labels=["task"])
+    p95 = GaugeMetricFamily(
+        "checkout_task_duration_p95_seconds", "p95 of the last 1,000 durations", labels=["task"]
+    )
+    last_success = GaugeMetricFamily(
+        "checkout_task_last_success_timestamp_seconds", "Time of the task's last success", labels=["task"]
+    )
+    for task, stats in task_metrics.task_stats().items():
+        runs.add_metric([task, "succeeded"], stats["succeeded"])
+        runs.add_metric([task, "failed"], stats["failed"])
+        durations.add_metric(
+            [task], count_value=stats["total"], sum_value=(stats["mean_s"] or 0) * stats["total"]
+        )
+        if stats["p95_s"] is not None:
+            p95.add_metric([task], stats["p95_s"])
+        if stats["last_success"] is not None:
+            last_success.add_metric([task], stats["last_success"])
+    return [runs, durations, p95, last_success]
+
+
+def _queue_metrics():
+    live = selectors.redis_live()
+    families = []
+    if live.get("queues") is not None:
+        queues = GaugeMetricFamily("checkout_queue_length", "Messages waiting in each queue", labels=["queue"])
+        for queue, length in live["queues"].items():
+            queues.add_metric([queue], length)
+        families.append(queues)
+    if live["configured"]:
+        families.append(GaugeMetricFamily(
+            "checkout_workers_seen", "Celery workers that sent a heartbeat in the last minute",
+            value=live["workers"],
+        ))
+    return families
+
+
+def _dead_letter_metrics():
+    family = GaugeMetricFamily("checkout_dead_letters", "Failed tasks by state", labels=["state"])
+    for state, n in selectors.dead_letter_counts().items():
+        family.add_metric([state], n)
+    return [family]
+
+
+def _health_metrics():
+    status = GaugeMetricFamily(
+        "checkout_service_status", "Latest stored health result (1 for the current status)",
+        labels=["service", "status"],
+    )
+    age = GaugeMetricFamily(
+        "checkout_service_check_age_seconds", "Age of the latest stored health result", labels=["service"]
+    )
+    services = sorted(set(selectors.STORED_SERVICES) | set(
+        HealthCheck.objects.values_list("service", flat=True).distinct()
+    ))
+    for service in services:
+        entry = selectors.stored_service_status(service)
+        for value in SERVICE_STATUSES:
+            status.add_metric([service, value], 1 if entry["status"] == value else 0)
+        if "age_s" in entry:
+            age.add_metric([service], entry["age_s"])
+    return [status, age]
+
+
+SOURCES = {
+    "jobs": _job_metrics,
+    "tasks": _task_metrics,
+    "queues": _queue_metrics,
+    "dead_letters": _dead_letter_metrics,
+    "health": _health_metrics,
+}
+
+
+class CheckoutCollector(Collector):
+    def collect(self):
+        errors = GaugeMetricFamily(
+            "checkout_scrape_errors", "1 when a source could not be read in this scrape", labels=["source"]
+        )
+        for name, source in SOURCES.items():
+            try:
+                families = source()
+            except Exception as exc:  # one dead source must not hide the others
+                log.warning("metrics source %s failed: %s", name, type(exc).__name__)
+                errors.add_metric([name], 1)
+                continue
+            errors.add_metric([name], 0)
+            yield from families
+        yield errors
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(CheckoutCollector())
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,155 @@
+"""Reads for /health/, /metrics and the admin: stored health results, job status, queues, workers."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Count
+from django.utils import timezone
+from kombu.transport.redis import Channel
+
+from checkout.celery import QUEUES
+from checkout.redis import get_redis
+from ops.maintenance.models import HealthCheck
+from ops.maintenance.workers import count_seen_command
+from ops.models import DeadLetter, JobRun
+from ops.registry import JOB_TASK_PREFIX, all_jobs
+
+# Stored results shown by /health/, and the job that produces each.
+STORED_SERVICES = {
+    "payment_gateway": "payment_gateway_health",
+    "email_service": "email_service_health",
+    "webhooks": "webhook_health",
+    "cache": "cache_health",
+}
+UNKNOWN = "unknown"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def stale_after(service: str) -> timedelta:
+    """A result older than twice its job's interval (or HEALTH_STALE_AFTER) no longer says anything."""
+    from ops.schedules import expected_interval
+
+    interval = expected_interval(STORED_SERVICES.get(service, ""))
+    return 2 * interval if interval else settings.HEALTH_STALE_AFTER
+
+
+def stored_service_status(service: str, now: datetime | None = None) -> dict:
+    """The latest stored result of `service`: ok/degraded/down, or unknown when missing or stale."""
+    now = now or timezone.now()
+    check = (
+        HealthCheck.objects.filter(service=service)
+        .values("status", "latency_ms", "checked_at").first()
+    )
+    if check is None:
+        return {"status": UNKNOWN, "checked_at": None, "reason": "never checked"}
+    age = now - check["checked_at"]
+    entry = {
+        "status": check["status"],
+        "checked_at": _iso(check["checked_at"]),
+        "age_s": round(age.total_seconds()),
+        "latency_ms": check["latency_ms"],
+    }
+    if age > stale_after(service):
+        entry.update(status=UNKNOWN, reason=f"last result is stale ({check['status']})")
+    return entry
+
+
+def _beat_rows() -> dict[str, object]:
+    """Enabled crontab rows of django-celery-beat that send a job task, by job name."""
+    from django_celery_beat.models import PeriodicTask
+
+    rows = PeriodicTask.objects.filter(
+        enabled=True, task__startswith=JOB_TASK_PREFIX, crontab__isnull=False
+    ).select_related("crontab")
+    return {row.task[len(JOB_TASK_PREFIX):]: row for row in rows}
+
+
+def job_overview(now: datetime | None = None) -> dict[str, dict]:
+    """Per registered job: last run and its status, last success, next due, and whether it is late.
+
+    A job is due only when beat schedules it (an enabled row) or a scheduled job
+    chains to it; it is late when it has not succeeded within twice its interval
+    (counted from when the row last changed if it never succeeded).
+    """
+    from ops import schedules
+
+    now = now or timezone.now()
+    rows = _beat_rows()
+    jobs = all_jobs()
+    overview = {}
+    for name in jobs:
+        runs = JobRun.objects.filter(job=name, dry_run=False).order_by("-started_at")
+        last = runs.values("started_at", "status").first()
+        last_success = (
+            runs.filter(status=JobRun.Status.SUCCESS).values_list("finished_at", flat=True).first()
+        )
+        row = rows.get(name)
+        parents = [p for p in schedules.chained_from(name) if p in rows]
+        interval = schedules.expected_interval(name)
+        next_due = None
+        if row is not None:
+            zone = str(row.crontab.timezone) or settings.CHECKOUT_TIME_ZONE
+            next_due = schedules.next_fire(schedules.Cron.from_row(row.crontab), zone, now)
+        since = last_success or (row.date_changed if row is not None else None)
+        if since is None and parents:
+            since = min(rows[p].date_changed for p in parents)
+        late = bool(
+            (row is not None or parents) and interval and since is not None
+            and now - since > 2 * interval
+        )
+        entry = {
+            "last_run": _iso(last["started_at"]) if last else None,
+            "status": last["status"] if last else None,
+            "last_success": _iso(last_success),
+            "next_due": _iso(next_due),
+            "interval_s": int(interval.total_seconds()) if interval else None,
+            "late": late,
+        }
+        if parents and row is None:
+            entry["after"] = parents
+        overview[name] = entry
+    return overview
+
+
+def dead_letter_counts() -> dict[str, int]:
+    counts = dict(DeadLetter.objects.values_list("state").annotate(n=Count("pk")).order_by())
+    return {state: counts.get(state, 0) for state in DeadLetter.State.values}
+
+
+def broker_redis():
+    """The broker's Redis when it is the project's Redis (queue lengths are read there)."""
+    client = get_redis()
+    if client is None or settings.CELERY_BROKER_URL != settings.REDIS_URL:
+        return None
+    return client
+
+
+def redis_live() -> dict:
+    """One round trip: PING, the length of every queue, the workers seen recently.
+
+    Raises RedisError when Redis does not answer.
+    """
+    client = get_redis()
+    if client is None:
+        return {"configured": False}
+    broker = broker_redis() is not None
+    # kombu keeps a queue's messages of priority > 0 in lists of their own.
+    suffixes = [""] + [f"{Channel.sep}{step}" for step in Channel.priority_steps[1:]]
+    pipe = client.pipeline(transaction=False)
+    pipe.ping()
+    if broker:
+        for queue in QUEUES:
+            for suffix in suffixes:
+                pipe.llen(queue + suffix)
+    count_seen_command(pipe)
+    replies = pipe.execute()
+    queues = None
+    if broker:
+        lengths = replies[1:-1]
+        step = len(suffixes)
+        queues = {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(QUEUES)}
+    return {"configured": True, "queues": queues, "workers": int(replies[-1])}
