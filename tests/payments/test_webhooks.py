@@ -1,4 +1,5 @@
 """POST /payments/webhooks/razorpay/: signed deliveries stored once and handed over; everything else refused."""
+import base64
 import json
 import threading
 
@@ -178,3 +179,20 @@ def test_concurrent_replays_store_one_event():
     assert statuses == [200] * 4
     assert WebhookEvent.objects.count() == 1
     assert OutboxEvent.objects.filter(topic=WEBHOOK_TOPIC).count() == 1
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_stored_event_is_queued_for_webhook_event_process_on_high(celery_live, redis_client):
+    # given: a real broker (the test Redis) instead of inline tasks
+    body = delivery()
+    # when
+    response = post(Client(), body, signature=sdk_signed(body))
+    # then: after commit, one message for the processing task sits on the high queue
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get()
+    messages = [json.loads(raw) for raw in redis_client.lrange("high", 0, -1)]
+    assert [m["headers"]["task"] for m in messages] == ["webhook_event_process"]
+    args, kwargs, _ = json.loads(base64.b64decode(messages[0]["body"]))
+    assert (args, kwargs) == ([], {"event_id": event.pk})
+    assert OutboxEvent.objects.get().published_at is not None
