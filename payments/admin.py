@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from payments.models import Payment, WebhookEvent, WebhookRejection
+from payments.models import Payment, PaymentReport, WebhookEvent, WebhookRejection
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -39,3 +39,24 @@ class WebhookEventAdmin(ReadOnlyAdmin):
 class WebhookRejectionAdmin(ReadOnlyAdmin):
     list_display = ("received_at", "reason", "detail")
     list_filter = ("reason",)
+
+
+@admin.register(PaymentReport)
+class PaymentReportAdmin(ReadOnlyAdmin):
+    list_display = ("period_end", "period_start", "captured", "refunded", "counts_by_status", "job_run")
+    date_hierarchy = "period_end"
+    show_full_result_count = False
+
+    @admin.display(description="captured")
+    def captured(self, report: PaymentReport) -> str:
+        return _amounts(report, "captured_paise")
+
+    @admin.display(description="refunded")
+    def refunded(self, report: PaymentReport) -> str:
+        return _amounts(report, "refunded_paise")
+
+
+def _amounts(report: PaymentReport, key: str) -> str:
+    from orders.services import format_money
+
+    return ", ".join(format_money(v[key], currency) for currency, v in sorted(report.amounts.items())) or "-"
