@@ -18,7 +18,7 @@ from datetime import datetime
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -128,7 +128,10 @@ class CacheKeyRemover:
         PendingCacheDelete.objects.bulk_create(
             [PendingCacheDelete(key=key) for key in keys], batch_size=BATCH_SIZE, ignore_conflicts=True
         )
-        self.pending += len(keys)
+        transaction.on_commit(lambda: self._stored(len(keys)))
+
+    def _stored(self, n: int) -> None:
+        self.pending += n
 
 
 def pending_cache_delete_flush(*, batch_size: int = BATCH_SIZE) -> int:
@@ -265,8 +268,15 @@ def _batched(
         if upto_id is None:
             progress.done = True
             return progress
-        with transaction.atomic():
-            internship_ids = apply(progress.after_id, upto_id)
+        try:
+            with transaction.atomic():
+                internship_ids = apply(progress.after_id, upto_id)
+        except IntegrityError:
+            # An order placed on a cart of this batch committed after the DELETE's
+            # snapshot was taken, and the foreign key check refused the delete. Run
+            # the batch again: its new snapshot sees the order and keeps the cart.
+            with transaction.atomic():
+                internship_ids = apply(progress.after_id, upto_id)
         progress.after_id = upto_id
         progress.rows += len(internship_ids)
         progress.batches += 1
