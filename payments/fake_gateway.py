@@ -282,10 +282,6 @@ class FakeRazorpay:
         with self._lock:
             return [dict(c) for c in self._calls if operation is None or c["operation"] == operation]
 
-    def reset_calls(self) -> None:
-        with self._lock:
-            self._calls.clear()
-
     # --- state transitions (under the lock) ----------------------------------------------------
     def _payment(self, payment_id: str) -> _Payment:
         try:

@@ -73,7 +73,7 @@ def burst_for(rate: float) -> int:
     return max(1, math.floor(rate / 10))
 
 
-def acquire(key: str, *, rate: float, max_wait: float, sleep=time.sleep) -> float:
+def acquire(key: str, *, rate: float, max_wait: float) -> float:
     """Wait (at most `max_wait` seconds) for a request slot under `rate` per second; returns the wait.
 
     rate <= 0 means no limit. Raises RateLimitExceeded when the slot is further away.
@@ -86,7 +86,7 @@ def acquire(key: str, *, rate: float, max_wait: float, sleep=time.sleep) -> floa
     if not reserved:
         raise RateLimitExceeded(wait)
     if wait > 0:
-        sleep(wait)
+        time.sleep(wait)
     return wait
 
 

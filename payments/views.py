@@ -44,7 +44,7 @@ def razorpay_webhook(request: HttpRequest) -> JsonResponse:
         log.error("razorpay webhook refused: RAZORPAY_WEBHOOK_SECRET is not set, deliveries cannot be verified")
         return JsonResponse({"error": "webhook receiver is not configured"}, status=503)
     except WebhookRefused as refused:
-        return JsonResponse({"error": refused.reason}, status=refused.status)
+        return JsonResponse({"error": refused.reason}, status=400)
     except DatabaseError:
         log.exception("razorpay webhook not stored: database error (Razorpay will retry)")
         return JsonResponse({"error": "temporarily unavailable"}, status=503)

@@ -40,11 +40,10 @@ class WebhookNotConfigured(Exception):
 
 
 class WebhookRefused(Exception):
-    def __init__(self, reason: str, detail: str, status: int = 400):
+    def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-        self.status = status
 
 
 @dataclass(frozen=True)
