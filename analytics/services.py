@@ -38,10 +38,12 @@ def _jsonable(figures: dict) -> dict:
 @transaction.atomic
 def daily_report_store(*, day: date, figures: dict, lines: list[Line]) -> DailyReport:
     """Write the report of `day` and its per-internship lines, replacing what was there."""
-    report, _ = DailyReport.objects.update_or_create(
-        date=day, defaults={**figures, "computed_at": timezone.now()}
+    # One upsert statement: a backfill writes many days, each in its own transaction.
+    (report,) = DailyReport.objects.bulk_create(
+        [DailyReport(date=day, computed_at=timezone.now(), **figures)],
+        update_conflicts=True, unique_fields=["date"], update_fields=[*figures, "computed_at"],
     )
-    report.internships.all().delete()
+    DailyInternshipReport.objects.filter(report=report).delete()
     DailyInternshipReport.objects.bulk_create(
         DailyInternshipReport(
             report=report, internship_id=item.internship_id, title=item.title, currency=item.currency,
