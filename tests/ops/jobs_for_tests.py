@@ -6,6 +6,7 @@ They do nothing unless a test asks, through params or the OPS_TEST_HOLD_KEY and
 OPS_TEST_FAIL environment variables.
 """
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,16 @@ TEST_TASKS = ("ops_test.flaky",)
 HOLD_TIMEOUT_S = 60
 
 
+def blpop_patiently(client, key: str, timeout: float):
+    """BLPOP in one-second turns: the shared client's socket timeout is shorter than our waits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = client.blpop(key, timeout=1)
+        if item:
+            return item
+    return None
+
+
 @job("ops_test_job", accepts_date=True, time_limit=timedelta(minutes=2), max_retries=2)
 def ops_test_job(ctx: JobContext) -> dict:
     """Test-only job: holds, fails, skips or counts steps as its params say."""
@@ -28,7 +39,7 @@ def ops_test_job(ctx: JobContext) -> dict:
         # Tell the test it holds the lock, then wait for its go (an event, not a sleep).
         client = get_redis()
         client.rpush(f"{hold}:started", os.getpid())
-        client.blpop(f"{hold}:release", timeout=HOLD_TIMEOUT_S)
+        blpop_patiently(client, f"{hold}:release", HOLD_TIMEOUT_S)
     if params.get("fail_unless_file") and not Path(params["fail_unless_file"]).exists():
         raise JobError(f"{params['fail_unless_file']} does not exist")
     if params.get("crash") or os.environ.get("OPS_TEST_FAIL"):
