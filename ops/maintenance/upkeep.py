@@ -121,7 +121,7 @@ def database_cleanup(
     continue later; memory stays one batch of ids whatever the table size.
     """
     now = timezone.now()
-    deadline = time.monotonic() + budget.total_seconds() if budget else None
+    deadline = time.monotonic() + budget.total_seconds() if budget is not None else None
     deleted: dict[str, int] = {}
     for prune in _prunes():
         queryset = prune.queryset(now)

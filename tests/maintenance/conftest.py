@@ -49,3 +49,16 @@ def fresh_health_cache(settings):
     clear_cache()
     yield
     clear_cache()
+
+
+@pytest.fixture
+def dead_redis(settings):
+    """Settings pointing Redis (cache, broker reads) at a port where nothing answers."""
+    from checkout.redis import _client
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    _client.cache_clear()
+    yield url
+    _client.cache_clear()
