@@ -26,11 +26,11 @@ def job_run_finished(sender, instance: JobRun, **kwargs) -> None:
         return
     from analytics.tasks import analytics_track
 
-    kwargs = {
+    task_kwargs = {
         "key": f"jobrun:{instance.pk}",
         "day": instance.finished_at.astimezone(local_zone()).date().isoformat(),
         "subject": f"job:{instance.job}",
         "counters": job_run_counters(instance),
     }
     # robust: a broker that is down must not fail the job whose outcome this is.
-    transaction.on_commit(lambda: analytics_track.apply_async(kwargs=kwargs), robust=True)
+    transaction.on_commit(lambda: analytics_track.apply_async(kwargs=task_kwargs), robust=True)

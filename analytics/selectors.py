@@ -9,7 +9,7 @@ for that local day.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Iterable
@@ -49,12 +49,6 @@ class Line:
     revenue_paise: int = 0
     refunds_paise: int = 0
 
-    @property
-    def key(self) -> tuple[int | None, str]:
-        return self.internship_id, self.currency
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 Lines = dict[tuple[int | None, str], Line]

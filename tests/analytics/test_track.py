@@ -10,7 +10,7 @@ from analytics.receivers import job_run_counters
 from analytics.services import counters_track
 from analytics.tasks import analytics_track
 from ops.registry import job, unregister
-from ops.runner import run_job
+from ops.runner import local_zone, run_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -58,7 +58,7 @@ def test_every_finished_run_is_tracked_once(django_capture_on_commit_callbacks):
     finally:
         unregister("analytics_test_job")
 
-    day = runs[0].finished_at.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Kolkata")).date()
+    day = runs[0].finished_at.astimezone(local_zone()).date()
     counters = {c.name: c.value for c in DailyCounter.objects.filter(subject="job:analytics_test_job", day=day)}
     assert counters["runs"] == 2 and counters["status_success"] == 2 and counters["count_touched"] == 6
     assert counters["duration_ms"] == sum(r.duration_ms for r in runs)
