@@ -108,6 +108,7 @@ def cli(process_env):
     return run
 
 
+@pytest.mark.slow
 def test_command_line_usage_errors_print_one_line_and_exit_2(cli):
     cases = [("nope",), ("ops_test_undated", "--date", "2026-13-01")]
     if "cart_cleanup" in all_jobs():
