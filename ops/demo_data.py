@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import logging
 import math
+import queue
 import random
 import resource
 import sys
+import threading
 import time
-import uuid
 from bisect import bisect
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from django.utils import timezone
 from carts.models import Cart, CartStatus, cart_cache_key
 from checkout.redis import get_redis
 from ops.runner import local_zone
-from orders.models import Enrollment, Internship, Order, OrderStatus
+from orders.models import Enrollment, Internship, Order
 from payments.models import Payment, PaymentStatus
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,22 @@ PAYMENT_FAILURES = (
     ("BAD_REQUEST_ERROR", "Payment failed because of insufficient funds"),
 )
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Random bytes to Razorpay's alphabet (the slight bias of 256 % 62 does not matter for ids).
+_ALNUM_BYTES = bytes(ord(_BASE62[i % 62]) for i in range(256))
 _NULL = "\\N"
+# The variant nibble of an RFC 4122 UUID is 8, 9, a or b.
+_UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_MINUTE_SECOND = tuple(f"{m:02d}:{sec:02d}+00" for m in range(60) for sec in range(60))
 HOUR = 3600
 DAY = 86400
+# Plain strings (not the Choices members) so that COPY can str() them cheaply.
+_ACTIVE, _ABANDONED, _CONVERTED = CartStatus.ACTIVE.value, CartStatus.ABANDONED.value, CartStatus.CONVERTED.value
+_P_CREATED, _P_AUTHORIZED, _P_CAPTURED = (
+    PaymentStatus.CREATED.value, PaymentStatus.AUTHORIZED.value, PaymentStatus.CAPTURED.value,
+)
+_P_FAILED, _P_REFUNDED, _P_CANCELLED = (
+    PaymentStatus.FAILED.value, PaymentStatus.REFUNDED.value, PaymentStatus.CANCELLED.value,
+)
 
 
 @dataclass(frozen=True)
@@ -174,12 +188,6 @@ def _tables():
     )
 
 
-def _time_columns(model) -> frozenset[str]:
-    return frozenset(
-        f.attname for f in model._meta.concrete_fields if f.get_internal_type() == "DateTimeField"
-    )
-
-
 # --- the generator ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -207,16 +215,17 @@ def _allocate(total: int, weights: list[float]) -> list[int]:
 class _Generator:
     """Yields chunks of rows (dict: model -> list of tuples); times are epoch seconds."""
 
-    def __init__(self, plan: SeedPlan, now: datetime, bases: dict, chunk_rows: int) -> None:
+    def __init__(self, plan: SeedPlan, now: datetime, bases: dict, chunk_rows: int, stamp) -> None:
         self.plan = plan
         self.now = int(now.timestamp())
         self.bases = bases
         self.chunk_rows = chunk_rows
+        # Epoch seconds to what the writer stores (a COPY literal or a datetime).
+        self.stamp = stamp
         self.rng = random.Random(plan.seed)
         # Identifiers also depend on where the ids start, so seeding twice into one
         # database never repeats a token or a Razorpay id.
         self.ids = random.Random(f"{plan.seed}:{bases['cart']}:{bases['order']}:{bases['payment']}")
-        self.cart_ttl = int(settings.CART_TTL.total_seconds())
         self.abandon_after = int(settings.CART_ABANDON_AFTER.total_seconds())
         self.order_ttl = int(settings.ORDER_TTL.total_seconds())
         self.sync_after = int(settings.PAYMENT_SYNC_AFTER.total_seconds())
@@ -227,16 +236,8 @@ class _Generator:
 
     # identifiers
 
-    def _token(self) -> str:
-        return str(uuid.UUID(int=self.ids.getrandbits(128), version=4))
-
     def _razorpay_id(self, prefix: str) -> str:
-        n = self.ids.getrandbits(84)
-        chars = []
-        for _ in range(14):
-            n, r = divmod(n, 62)
-            chars.append(_BASE62[r])
-        return prefix + "".join(chars)
+        return prefix + self.ids.randbytes(14).translate(_ALNUM_BYTES).decode()
 
     def _take(self, key: str) -> int:
         value = self.next_id[key]
@@ -254,7 +255,7 @@ class _Generator:
                 title = f"{title} (cohort {i // len(INTERNSHIP_TITLES) + 1})"
             internship_id = self._take("internship")
             self.prices.append(price)
-            rows.append((internship_id, title, price, CURRENCY, True, created))
+            rows.append((internship_id, title, price, CURRENCY, True, self.stamp(created)))
         weights = [1 / (i + 1) ** 0.8 for i in range(self.plan.internships)]
         total = sum(weights)
         cumulative, running = [], 0.0
@@ -278,7 +279,7 @@ class _Generator:
             rows.append((
                 user_id, f"!{self.ids.getrandbits(160):040x}", None, False, username, first.title(),
                 last.title(), f"{username}@example.com", False, True,
-                first_joined + rng.randrange(90 * DAY),
+                self.stamp(first_joined + rng.randrange(90 * DAY)),
             ))
             if len(rows) >= self.chunk_rows:
                 yield rows
@@ -321,6 +322,16 @@ class _Generator:
                 piece_length = max(1, start + length * (p + 1) // pieces - piece_start)
                 yield _Slot(piece_start, piece_length, cart_parts[p], order_parts[p])
 
+    def batches(self) -> Iterator[tuple[str, list[tuple]]]:
+        """(table key, rows) in insertion order, parents first, each at most about chunk_rows long."""
+        yield "internship", self.internships()
+        for rows in self.users():
+            yield "user", rows
+        for chunk in self.chunks():
+            for key, rows in chunk.items():
+                if rows:
+                    yield key, rows
+
     def chunks(self) -> Iterator[dict[str, list[tuple]]]:
         chunk = self._empty()
         for slot in self.slots():
@@ -336,52 +347,63 @@ class _Generator:
         return {"cart": [], "order": [], "payment": [], "enrollment": []}
 
     def _fill(self, slot: _Slot, chunk: dict[str, list[tuple]]) -> None:
-        rng, now, popular = self.rng, self.now, self.popular
+        # Hot loop: random() scaled by hand is several times cheaper than randrange/randint.
+        rng, now, popular, stamp = self.rng, self.now, self.popular, self.stamp
+        rand = rng.random
         user_base, users = self.bases["user"] + 1, self.plan.users
-        convert_cap = int(slot.carts * MAX_CONVERTED_SHARE + rng.random())
+        start, length = slot.start, slot.length
+        convert_cap = int(slot.carts * MAX_CONVERTED_SHARE + rand())
         converting = min(slot.orders, convert_cap)
         converted = set(rng.sample(range(slot.carts), converting)) if converting else set()
         # (created_at, user_id, internship_id, cart_id) of the orders placed in this slot.
         placed: list[tuple[int, int, int, int | None]] = []
-        times = sorted(slot.start + rng.randrange(slot.length) for _ in range(slot.carts))
+        carts = chunk["cart"]
+        times = sorted([start + int(rand() * length) for _ in range(slot.carts)])
+        # One draw of random bytes for the slot's tokens: 32 hex digits each, made version 4.
+        hexes = self.ids.randbytes(16 * slot.carts).hex()
+        cart_id = self.next_id["cart"] - 1
         for i, created in enumerate(times):
-            cart_id = self._take("cart")
-            internship_id = popular[int(rng.random() * 1024)]
+            cart_id += 1
+            h = hexes[32 * i:32 * i + 32]
+            token = h[:12] + "4" + h[13:16] + _UUID_VARIANT[h[16]] + h[17:]
+            internship_id = popular[int(rand() * 1024)]
             if i in converted:
-                user_id = user_base + rng.randrange(users)
-                converted_at = min(now, created + rng.randint(60, 1800))
-                chunk["cart"].append((
-                    cart_id, self._token(), user_id, internship_id, created, converted_at,
-                    CartStatus.CONVERTED, None, converted_at,
+                user_id = user_base + int(rand() * users)
+                converted_at = min(now, created + 60 + int(rand() * 1740))
+                at = stamp(converted_at)
+                carts.append((
+                    cart_id, token, user_id, internship_id, stamp(created), at, _CONVERTED, None, at,
                 ))
                 placed.append((converted_at, user_id, internship_id, cart_id))
                 continue
-            user_id = user_base + rng.randrange(users) if rng.random() < 0.75 else None
+            user_id = user_base + int(rand() * users) if rand() < 0.75 else None
             updated = min(now, created + min(int(rng.expovariate(1 / 600)), 6 * HOUR))
-            status, abandoned_at = CartStatus.ACTIVE, None
+            status, abandoned_at = _ACTIVE, None
             # Most carts idle past the threshold were flagged by an earlier cleanup run;
             # the rest are left for the next one.
-            if now - updated > self.abandon_after and rng.random() < 0.8:
-                status = CartStatus.ABANDONED
-                abandoned_at = min(now, updated + self.abandon_after + rng.randrange(900))
-            chunk["cart"].append((
-                cart_id, self._token(), user_id, internship_id, created, updated, status, abandoned_at, None,
+            if now - updated > self.abandon_after and rand() < 0.8:
+                status = _ABANDONED
+                abandoned_at = stamp(min(now, updated + self.abandon_after + int(rand() * 900)))
+            carts.append((
+                cart_id, token, user_id, internship_id, stamp(created), stamp(updated), status,
+                abandoned_at, None,
             ))
+        self.next_id["cart"] = cart_id + 1
         for _ in range(slot.orders - converting):
             placed.append((
-                slot.start + rng.randrange(slot.length), user_base + rng.randrange(users),
-                popular[int(rng.random() * 1024)], None,
+                start + int(rand() * length), user_base + int(rand() * users), popular[int(rand() * 1024)], None,
             ))
         placed.sort(key=lambda p: p[0])
         for created, user_id, internship_id, cart_id in placed:
             self._order(chunk, created, user_id, internship_id, cart_id)
 
     def _order(self, chunk, created: int, user_id: int, internship_id: int, cart_id: int | None) -> None:
-        rng, now = self.rng, self.now
+        rng, now, stamp = self.rng, self.now, self.stamp
+        rand = rng.random
         order_id = self._take("order")
         amount = self.prices[internship_id - self.bases["internship"] - 1]
         age = now - created
-        roll = rng.random()
+        roll = rand()
         if age < self.sync_after:
             status = "pending" if roll < 0.55 else "paid" if roll < 0.95 else "cancelled"
         elif age < self.order_ttl:
@@ -394,74 +416,76 @@ class _Generator:
         updated = created
         payments = chunk["payment"]
 
+        def between(low: int, high: int) -> int:
+            return low + int(rand() * (high - low + 1))
+
         def payment(status, p_created, p_updated, *, with_payment_id, authorized_at=None, captured_at=None,
                     refunded_at=None, error=("", "")):
             payments.append((
                 self._take("payment"), order_id, self._razorpay_id("order_"),
                 self._razorpay_id("pay_") if with_payment_id else None, amount, CURRENCY, status,
-                p_created, p_updated, captured_at, amount if refunded_at else 0, error[0], error[1], "", None,
-                authorized_at, refunded_at,
+                stamp(p_created), stamp(p_updated), stamp(captured_at), amount if refunded_at else 0,
+                error[0], error[1], "", None, stamp(authorized_at), stamp(refunded_at),
             ))
 
         if status in ("paid", "refunded"):
-            paid_at = min(now, created + rng.randint(30, 900))
+            paid_at = min(now, created + between(30, 900))
             if status == "refunded":
-                refunded_at = paid_at + rng.randint(HOUR, 7 * DAY)
+                refunded_at = paid_at + between(HOUR, 7 * DAY)
                 if refunded_at > now:
                     status, refunded_at = "paid", None
             step = (paid_at - created) // 8
-            if rng.random() < 0.06:  # an earlier attempt failed before this one went through
-                payment(PaymentStatus.FAILED, created + step, created + 2 * step, with_payment_id=True,
+            if rand() < 0.06:  # an earlier attempt failed before this one went through
+                payment(_P_FAILED, created + step, created + 2 * step, with_payment_id=True,
                         error=rng.choice(PAYMENT_FAILURES))
             if status == "refunded":
-                payment(PaymentStatus.REFUNDED, created + 3 * step, refunded_at, with_payment_id=True,
+                payment(_P_REFUNDED, created + 3 * step, refunded_at, with_payment_id=True,
                         authorized_at=created + 5 * step, captured_at=paid_at, refunded_at=refunded_at)
                 updated = refunded_at
             else:
-                payment(PaymentStatus.CAPTURED, created + 3 * step, paid_at, with_payment_id=True,
+                payment(_P_CAPTURED, created + 3 * step, paid_at, with_payment_id=True,
                         authorized_at=created + 5 * step, captured_at=paid_at)
                 updated = paid_at
-                enrolled = min(now, paid_at + rng.randint(1, 20))
-                confirmed = enrolled + rng.randint(2, 30)
+                enrolled = min(now, paid_at + between(1, 20))
+                confirmed = enrolled + between(2, 30)
                 chunk["enrollment"].append((
-                    self._take("enrollment"), order_id, user_id, internship_id, enrolled,
-                    confirmed if confirmed <= now else None,
+                    self._take("enrollment"), order_id, user_id, internship_id, stamp(enrolled),
+                    stamp(confirmed) if confirmed <= now else None,
                 ))
         elif status == "expired":
-            expired_at = min(now, created + self.order_ttl + rng.randrange(HOUR))
-            email_sent_at = min(now, expired_at + rng.randint(1, 60))
+            expired_at = min(now, created + self.order_ttl + int(rand() * HOUR))
+            email_sent_at = min(now, expired_at + between(1, 60))
             updated = expired_at
-            p_created = created + rng.randint(5, 120)
-            roll = rng.random()
+            p_created = created + between(5, 120)
+            roll = rand()
             if roll < 0.3:
-                payment(PaymentStatus.CANCELLED, p_created, expired_at, with_payment_id=False)
+                payment(_P_CANCELLED, p_created, expired_at, with_payment_id=False)
             elif roll < 0.5:
-                payment(PaymentStatus.FAILED, p_created, p_created + rng.randint(5, 300), with_payment_id=True,
+                payment(_P_FAILED, p_created, p_created + between(5, 300), with_payment_id=True,
                         error=rng.choice(PAYMENT_FAILURES))
         elif status == "cancelled":
-            cancelled_at = min(now, created + rng.randint(60, 4 * HOUR))
+            cancelled_at = min(now, created + between(60, 4 * HOUR))
             updated = cancelled_at
-            p_created = min(cancelled_at, created + rng.randint(5, 60))
-            if rng.random() < 0.6:
-                payment(PaymentStatus.FAILED, p_created, cancelled_at, with_payment_id=True,
+            p_created = min(cancelled_at, created + between(5, 60))
+            if rand() < 0.6:
+                payment(_P_FAILED, p_created, cancelled_at, with_payment_id=True,
                         error=rng.choice(PAYMENT_FAILURES))
             else:
-                payment(PaymentStatus.CANCELLED, p_created, cancelled_at, with_payment_id=False)
+                payment(_P_CANCELLED, p_created, cancelled_at, with_payment_id=False)
         else:  # pending: no payment yet, or one the gateway has not settled (payment_sync's work)
-            p_created = min(now, created + rng.randint(5, 120))
-            roll = rng.random()
+            p_created = min(now, created + between(5, 120))
+            roll = rand()
             if roll < 0.4:
-                payment(PaymentStatus.CREATED, p_created, p_created, with_payment_id=False)
+                payment(_P_CREATED, p_created, p_created, with_payment_id=False)
             elif roll < 0.6:
-                authorized = min(now, p_created + rng.randint(5, 120))
-                payment(PaymentStatus.AUTHORIZED, p_created, authorized, with_payment_id=True,
-                        authorized_at=authorized)
+                authorized = min(now, p_created + between(5, 120))
+                payment(_P_AUTHORIZED, p_created, authorized, with_payment_id=True, authorized_at=authorized)
             elif roll < 0.65:
-                payment(PaymentStatus.FAILED, p_created, min(now, p_created + rng.randint(5, 120)),
+                payment(_P_FAILED, p_created, min(now, p_created + between(5, 120)),
                         with_payment_id=True, error=rng.choice(PAYMENT_FAILURES))
         chunk["order"].append((
-            order_id, user_id, internship_id, cart_id, amount, CURRENCY, status, created, updated, paid_at,
-            expired_at, cancelled_at, refunded_at, email_sent_at,
+            order_id, user_id, internship_id, cart_id, amount, CURRENCY, status, stamp(created), stamp(updated),
+            stamp(paid_at), stamp(expired_at), stamp(cancelled_at), stamp(refunded_at), stamp(email_sent_at),
         ))
 
 
@@ -473,43 +497,32 @@ class _CopyWriter:
     method = "copy"
 
     def __init__(self) -> None:
-        self._days: dict[int, str] = {}
+        self._hours: dict[int, str] = {}
 
-    def _ts(self, epoch) -> str:
+    def stamp(self, epoch: int | None) -> str | None:
+        """Epoch seconds as a timestamptz literal, from a cached "date hour:" prefix."""
         if epoch is None:
-            return _NULL
-        days, seconds = divmod(epoch, DAY)
-        day = self._days.get(days)
-        if day is None:
-            day = self._days[days] = (date(1970, 1, 1) + timedelta(days=days)).isoformat()
-        hours, rest = divmod(seconds, HOUR)
-        minutes, secs = divmod(rest, 60)
-        return f"{day} {hours:02d}:{minutes:02d}:{secs:02d}+00"
+            return None
+        hour, rest = divmod(epoch, HOUR)
+        prefix = self._hours.get(hour)
+        if prefix is None:
+            prefix = self._hours[hour] = datetime.fromtimestamp(hour * HOUR, dt_timezone.utc).strftime("%Y-%m-%d %H:")
+        return prefix + _MINUTE_SECOND[rest]
 
     @staticmethod
-    def _value(value) -> str:
-        if value is None:
-            return _NULL
-        if value is True:
-            return "t"
-        if value is False:
-            return "f"
-        return str(value)
-
-    def write(self, model, columns, rows) -> None:
-        if not rows:
-            return
-        times = _time_columns(model)
-        formats = [self._ts if c in times else self._value for c in columns]
+    def encode(model, columns, rows) -> io.StringIO:
+        # Values are ints, bools, plain strings without tabs, newlines or backslashes, or None.
         buffer = io.StringIO()
-        buffer.writelines(
-            "\t".join([f(v) for f, v in zip(formats, row)]) + "\n" for row in rows
-        )
+        buffer.writelines("\t".join([_NULL if v is None else str(v) for v in row]) + "\n" for row in rows)
         buffer.seek(0)
+        return buffer
+
+    @staticmethod
+    def load(model, columns, payload: io.StringIO) -> None:
         table = connection.ops.quote_name(model._meta.db_table)
         column_list = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
         with connection.cursor() as cursor:
-            cursor.copy_expert(f"COPY {table} ({column_list}) FROM STDIN", buffer)
+            cursor.copy_expert(f"COPY {table} ({column_list}) FROM STDIN", payload)
 
 
 class _BulkWriter:
@@ -517,19 +530,17 @@ class _BulkWriter:
 
     method = "bulk_create"
 
-    def write(self, model, columns, rows) -> None:
-        if not rows:
-            return
-        times = _time_columns(model)
-        positions = [i for i, c in enumerate(columns) if c in times]
-        objects = []
-        for row in rows:
-            values = list(row)
-            for i in positions:
-                if values[i] is not None:
-                    values[i] = datetime.fromtimestamp(values[i], dt_timezone.utc)
-            objects.append(model(**dict(zip(columns, values))))
-        model.objects.bulk_create(objects, batch_size=1000)
+    @staticmethod
+    def stamp(epoch: int | None) -> datetime | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, dt_timezone.utc)
+
+    @staticmethod
+    def encode(model, columns, rows) -> list:
+        return [model(**dict(zip(columns, row))) for row in rows]
+
+    @staticmethod
+    def load(model, columns, payload: list) -> None:
+        model.objects.bulk_create(payload, batch_size=1000)
 
 
 def _writer(method: str | None):
@@ -541,6 +552,55 @@ def _writer(method: str | None):
     if method == "bulk_create":
         return _BulkWriter()
     raise ValueError(f"unknown load method {method!r}")
+
+
+def _in_background(items: Iterator, depth: int = 2) -> Iterator:
+    """Iterate `items` on a thread, at most `depth` ahead.
+
+    Generating and encoding the next chunk in Python then overlaps the database's
+    work on this one (psycopg2 releases the GIL while COPY waits on the server).
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failure(exc))
+            return
+        put(done)
+
+    thread = threading.Thread(target=produce, name="seed-generator", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
 
 
 # --- ids --------------------------------------------------------------------------------------
@@ -598,16 +658,15 @@ def demo_data_seed(
     tables = dict(zip(TABLE_KEYS, _tables()))
     with transaction.atomic():
         bases = _lock_and_find_bases()
-        generator = _Generator(plan, now, bases, chunk_rows)
-        writer.write(*tables["internship"], generator.internships())
-        result.counts["internships"] = plan.internships
-        for rows in generator.users():
-            writer.write(*tables["user"], rows)
-            result.counts["users"] += len(rows)
-        for chunk in generator.chunks():
-            for key in ("cart", "order", "payment", "enrollment"):
-                writer.write(*tables[key], chunk[key])
-                result.counts[key + "s"] += len(chunk[key])
+        generator = _Generator(plan, now, bases, chunk_rows, writer.stamp)
+
+        def encoded():
+            for key, rows in generator.batches():
+                yield key, len(rows), writer.encode(*tables[key], rows)
+
+        for key, n, payload in _in_background(encoded()):
+            writer.load(*tables[key], payload)
+            result.counts[key + "s"] += n
         _advance_sequences(bases, generator.next_id)
     first_cart = bases["cart"] + 1
     if warm_cache and plan.carts:
