@@ -1,8 +1,8 @@
 """The /health/ report: live pings of the database and Redis, stored results of the rest.
 
-The database-backed parts (stored results, job status, dead letters) are
-recomputed at most every HEALTH_CACHE_SECONDS per process, so a monitor polling
-hard costs two pings per request. Nothing in the body names a host, a user or
+The database and Redis are pinged on every request; the rest (stored results,
+job status, dead letters, queue lengths, workers) is recomputed at most every
+HEALTH_CACHE_SECONDS per process, so a monitor polling hard costs two pings. Nothing in the body names a host, a user or
 a secret: errors are reported by exception class only.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
+from checkout.redis import get_redis
 from ops.maintenance import selectors
 from ops.maintenance.workers import WORKER_SEEN_WINDOW
 
@@ -24,7 +25,7 @@ HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 REPORTED_SERVICES = ("payment_gateway", "email_service", "webhooks")
 
 _cache_lock = threading.Lock()
-_cache: dict = {"expires": 0.0, "value": None}
+_cache: dict[str, tuple[float, object]] = {}
 
 
 def _ms(started: float) -> float:
@@ -47,15 +48,16 @@ def _ping_database() -> dict:
     return {"status": "ok", "latency_ms": _ms(started)}
 
 
-def _ping_redis() -> tuple[dict, dict | None]:
+def _ping_redis() -> dict:
+    client = get_redis()
+    if client is None:
+        return {"status": "not_configured"}
     started = time.monotonic()
     try:
-        live = selectors.redis_live()
+        client.ping()
     except Exception as exc:
-        return {"status": "down", "error": type(exc).__name__, "latency_ms": _ms(started)}, None
-    if not live["configured"]:
-        return {"status": "not_configured"}, None
-    return {"status": "ok", "latency_ms": _ms(started)}, live
+        return {"status": "down", "error": type(exc).__name__, "latency_ms": _ms(started)}
+    return {"status": "ok", "latency_ms": _ms(started)}
 
 
 def _stored_parts() -> dict:
@@ -67,21 +69,23 @@ def _stored_parts() -> dict:
     }
 
 
-def _cached_stored_parts() -> dict:
+def _cached(key: str, compute):
+    """compute() at most every HEALTH_CACHE_SECONDS in this process; a failure is not cached."""
     ttl = settings.HEALTH_CACHE_SECONDS
     now = time.monotonic()
     with _cache_lock:
-        if ttl > 0 and _cache["value"] is not None and now < _cache["expires"]:
-            return _cache["value"]
-    value = _stored_parts()
+        hit = _cache.get(key)
+    if ttl > 0 and hit is not None and now < hit[0]:
+        return hit[1]
+    value = compute()
     with _cache_lock:
-        _cache.update(value=value, expires=now + ttl)
+        _cache[key] = (now + ttl, value)
     return value
 
 
 def clear_cache() -> None:
     with _cache_lock:
-        _cache.update(value=None, expires=0.0)
+        _cache.clear()
 
 
 def health_report(*, strict: bool = False) -> tuple[int, dict]:
@@ -91,7 +95,7 @@ def health_report(*, strict: bool = False) -> tuple[int, dict]:
     else is not healthy. Otherwise 200, with status healthy or degraded.
     """
     database = _ping_database()
-    redis_status, live = _ping_redis()
+    redis_status = _ping_redis()
     services = {"database": database, "redis": redis_status}
     body = {"status": HEALTHY, "timestamp": timezone.now().isoformat(), "services": services}
     problems = []
@@ -99,10 +103,18 @@ def health_report(*, strict: bool = False) -> tuple[int, dict]:
     stored = None
     if database["status"] == "ok":
         try:
-            stored = _cached_stored_parts()
+            stored = _cached("stored", _stored_parts)
         except Exception as exc:  # the database failed between the ping and the reads
             log.warning("health: stored results unreadable: %s", type(exc).__name__)
             database.update(status="down", error=type(exc).__name__)
+    queues = None
+    if redis_status["status"] == "ok":
+        try:
+            queues = _cached("queues", selectors.queue_state)
+        except Exception as exc:
+            log.warning("health: queue state unreadable: %s", type(exc).__name__)
+            redis_status.update(status="down", error=type(exc).__name__)
+
     for name in REPORTED_SERVICES:
         services[name] = stored["services"][name] if stored else {"status": selectors.UNKNOWN}
         if services[name]["status"] != "ok":
@@ -112,14 +124,14 @@ def health_report(*, strict: bool = False) -> tuple[int, dict]:
     late = sorted(name for name, job in (body["cron_jobs"] or {}).items() if job["late"])
     problems += [f"job {name} late" for name in late]
 
-    workers = live["workers"] if live else None
+    workers = queues["workers"] if queues else None
     body["background_jobs"] = {
-        "queues": live["queues"] if live else None,
+        "queues": queues["queues"] if queues else None,
         "dead_letters": stored["dead_letters"] if stored else None,
         "workers": {"seen": workers, "window_s": int(WORKER_SEEN_WINDOW)},
     }
     # With tasks sent to a broker, nothing runs them unless a worker is alive.
-    if live and live["queues"] is not None and not settings.CELERY_TASK_ALWAYS_EAGER and not workers:
+    if queues and queues["queues"] is not None and not settings.CELERY_TASK_ALWAYS_EAGER and not workers:
         problems.append("no worker seen")
 
     critical = database["status"] != "ok" or redis_status["status"] == "down"

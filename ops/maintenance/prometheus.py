@@ -84,18 +84,18 @@ def _task_metrics():
 
 
 def _queue_metrics():
-    live = selectors.redis_live()
-    families = []
-    if live.get("queues") is not None:
+    state = selectors.queue_state()
+    if state is None:
+        return []
+    families = [GaugeMetricFamily(
+        "checkout_workers_seen", "Celery workers that sent a heartbeat in the last minute",
+        value=state["workers"],
+    )]
+    if state["queues"] is not None:
         queues = GaugeMetricFamily("checkout_queue_length", "Messages waiting in each queue", labels=["queue"])
-        for queue, length in live["queues"].items():
+        for queue, length in state["queues"].items():
             queues.add_metric([queue], length)
         families.append(queues)
-    if live["configured"]:
-        families.append(GaugeMetricFamily(
-            "checkout_workers_seen", "Celery workers that sent a heartbeat in the last minute",
-            value=live["workers"],
-        ))
     return families
 
 

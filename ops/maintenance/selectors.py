@@ -128,19 +128,17 @@ def broker_redis():
     return client
 
 
-def redis_live() -> dict:
-    """One round trip: PING, the length of every queue, the workers seen recently.
-
-    Raises RedisError when Redis does not answer.
+def queue_state() -> dict | None:
+    """Queue lengths (None when the broker is not the project's Redis) and workers seen recently,
+    in one round trip; None when no Redis is configured. Raises RedisError when Redis does not answer.
     """
     client = get_redis()
     if client is None:
-        return {"configured": False}
+        return None
     broker = broker_redis() is not None
     # kombu keeps a queue's messages of priority > 0 in lists of their own.
     suffixes = [""] + [f"{Channel.sep}{step}" for step in Channel.priority_steps[1:]]
     pipe = client.pipeline(transaction=False)
-    pipe.ping()
     if broker:
         for queue in QUEUES:
             for suffix in suffixes:
@@ -149,7 +147,6 @@ def redis_live() -> dict:
     replies = pipe.execute()
     queues = None
     if broker:
-        lengths = replies[1:-1]
         step = len(suffixes)
-        queues = {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(QUEUES)}
-    return {"configured": True, "queues": queues, "workers": int(replies[-1])}
+        queues = {queue: sum(replies[i * step:(i + 1) * step]) for i, queue in enumerate(QUEUES)}
+    return {"queues": queues, "workers": int(replies[-1])}
