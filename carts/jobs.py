@@ -47,7 +47,7 @@ class Options:
 
     @classmethod
     def from_params(cls, params: dict) -> Options:
-        unknown = set(params) - set(cls.__dataclass_fields__) - {"date"}
+        unknown = set(params) - set(cls.__dataclass_fields__)
         if unknown:
             raise JobError(f"unknown parameter(s) for cart_cleanup: {', '.join(sorted(unknown))}")
         step = params.get("step", cls.step)

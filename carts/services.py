@@ -317,9 +317,7 @@ def cart_flag_abandoned(
     )
 
 
-def cart_snapshot_record(
-    *, run=None, deleted: Counter, flagged: Counter, cache_keys_pending: int | None = None,
-) -> CartSnapshot:
+def cart_snapshot_record(*, run=None, deleted: Counter, flagged: Counter) -> CartSnapshot:
     """Store the cart statistics after a cleanup run: live carts by status and what the run did."""
     lines: dict[int, CartSnapshotLine] = {}
     live = Cart.objects.order_by().values_list("internship_id", "status").annotate(n=Count("id"))
@@ -330,12 +328,10 @@ def cart_snapshot_record(
         for internship_id, n in counter.items():
             line = lines.setdefault(internship_id, CartSnapshotLine(internship_id=internship_id))
             setattr(line, name, n)
-    if cache_keys_pending is None:
-        cache_keys_pending = pending_cache_delete_count()
     with transaction.atomic():
         snapshot = CartSnapshot.objects.create(
             run=run,
-            cache_keys_pending=cache_keys_pending,
+            cache_keys_pending=pending_cache_delete_count(),
             **{
                 name: sum(getattr(line, name) for line in lines.values())
                 for name in ("active", "abandoned", "converted", "deleted", "flagged")
