@@ -9,7 +9,7 @@ rare double send (published, then the mark failed) changes nothing.
 from __future__ import annotations
 
 import logging
-from functools import partial
+import threading
 
 from django.db import transaction
 from django.db.models import F
@@ -34,48 +34,88 @@ def subscribers(topic: str) -> list[str]:
     return list(_SUBSCRIBERS.get(topic, []))
 
 
-def outbox_add(topic: str, payload: dict, *, key: str | None = None) -> OutboxEvent | None:
-    """Store an event in the current transaction; returns None if `key` was already announced."""
-    if key is not None and OutboxEvent.objects.filter(key=key).exists():
+def outbox_add(topic: str, payload: dict, *, key: str | None = None) -> int | None:
+    """Store an event in the current transaction; returns its id, or None if `key` was already announced.
+
+    The insert is `ON CONFLICT (key) DO NOTHING`, so two transactions announcing
+    the same fact at once store it once and neither fails.
+    """
+    connection = transaction.get_connection()
+    table = connection.ops.quote_name(OutboxEvent._meta.db_table)
+    payload_value = OutboxEvent._meta.get_field("payload").get_db_prep_value(payload, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (topic, payload, key, created_at, attempts, last_error) "
+            "VALUES (%s, %s, %s, %s, 0, '') ON CONFLICT (key) DO NOTHING RETURNING id",
+            [topic, payload_value, key, timezone.now()],
+        )
+        row = cursor.fetchone()
+    if row is None:
         return None
-    event = OutboxEvent.objects.create(topic=topic, payload=payload, key=key)
-    transaction.on_commit(partial(_publish_ids, [event.pk]))
-    return event
+    pending = _pending.__dict__.setdefault("ids", [])
+    pending.append(row[0])
+    # One callback per event, but the first one to run publishes everything this
+    # thread has pending in one batch; the rest find nothing left to do.
+    transaction.on_commit(_publish_pending)
+    return row[0]
 
 
-def _send(event: OutboxEvent) -> None:
+# Ids written by this thread and not yet handed to the publisher. Ids of rolled
+# back rows may linger here; publishing them finds no row and does nothing.
+_pending = threading.local()
+
+
+def _publish_pending() -> None:
+    ids = _pending.__dict__.pop("ids", None)
+    if ids:
+        _publish_ids(ids)
+
+
+def _send(event: OutboxEvent, producer) -> None:
     from checkout.celery import app
 
     for task_name in subscribers(event.topic):
-        app.tasks[task_name].apply_async(kwargs=event.payload)
+        app.tasks[task_name].apply_async(kwargs=event.payload, producer=producer)
 
 
 def _publish_ids(ids: list[int]) -> int:
-    """Publish these events, each under its row lock so two relays never both send it."""
+    """Publish these events in batches, each batch under row locks so two relays never both send one."""
+    from checkout.celery import app
+
     published = 0
-    for pk in sorted(ids):
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), RELAY_BATCH):
+        chunk = ordered[start:start + RELAY_BATCH]
+        sent: list[int] = []
+        failure: Exception | None = None
         try:
             with transaction.atomic():
-                event = (
+                events = list(
                     OutboxEvent.objects.select_for_update(skip_locked=True)
-                    .filter(pk=pk, published_at__isnull=True).first()
+                    .filter(pk__in=chunk, published_at__isnull=True).order_by("pk")
                 )
-                if event is None:
-                    continue
-                _send(event)
-                OutboxEvent.objects.filter(pk=pk).update(
-                    published_at=timezone.now(), attempts=F("attempts") + 1
-                )
-        except Exception as exc:  # broker (or database) down: the relay will try again
-            try:
-                OutboxEvent.objects.filter(pk=pk).update(
-                    attempts=F("attempts") + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
-                )
-            except Exception:
-                pass
-            log.warning("outbox event %s not published: %s", pk, exc)
-            break
-        published += 1
+                try:
+                    with app.producer_or_acquire() as producer:
+                        for event in events:
+                            _send(event, producer)
+                            sent.append(event.pk)
+                except Exception as exc:  # broker down: what was sent is marked, the rest waits
+                    failure = exc
+                if sent:
+                    OutboxEvent.objects.filter(pk__in=sent).update(
+                        published_at=timezone.now(), attempts=F("attempts") + 1
+                    )
+        except Exception as exc:  # the database itself failed: the relay will try again
+            log.warning("outbox batch of %s events not published: %s", len(chunk), exc)
+            return published
+        published += len(sent)
+        if failure is not None:
+            unsent = [pk for pk in chunk if pk not in set(sent)]
+            OutboxEvent.objects.filter(pk__in=unsent, published_at__isnull=True).update(
+                attempts=F("attempts") + 1, last_error=f"{type(failure).__name__}: {failure}"[:2000]
+            )
+            log.warning("outbox: %s events not published, broker error: %s", len(unsent), failure)
+            return published
     return published
 
 

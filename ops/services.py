@@ -9,6 +9,7 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
 from checkout.celery import app
+from ops.tasks import TASK_QUEUES
 from ops import schedules
 from ops.models import ManagedSchedule
 from ops.registry import all_jobs
@@ -30,7 +31,7 @@ class SyncReport:
 def _queue_of(schedule: schedules.Schedule) -> str:
     if schedule.job:
         return all_jobs()[schedule.job].queue
-    return app.tasks[schedule.task].queue or "default"
+    return TASK_QUEUES.get(schedule.task, "default")
 
 
 def _is_registered(schedule: schedules.Schedule) -> bool:

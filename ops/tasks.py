@@ -34,6 +34,15 @@ def _keep_lock_connections(**_) -> None:
     locks.keep_lock_connections()
 
 
+# Task name -> queue, filled as tasks are declared; `route_task` is the app's router.
+TASK_QUEUES: dict[str, str] = {}
+
+
+def route_task(name, args, kwargs, options, task=None, **kw):
+    queue = TASK_QUEUES.get(name)
+    return {"queue": queue} if queue else None
+
+
 def backoff_countdown(retries: int, base: float = 2.0, cap: float = 30.0, rng=random) -> float:
     """Full jitter: uniform in [0, min(cap, base ** (retries + 1))] seconds.
 
@@ -51,7 +60,7 @@ def _note_failure(task, exc: BaseException, *, final: bool) -> None:
     attempts = request.retries + 1
     fields = {
         "task_name": task.name,
-        "queue": (request.delivery_info or {}).get("routing_key", "") or getattr(task, "queue", "") or "",
+        "queue": (request.delivery_info or {}).get("routing_key", "") or TASK_QUEUES.get(task.name, ""),
         "args": list(request.args or []),
         "kwargs": dict(request.kwargs or {}),
         "state": DeadLetter.State.DEAD if final else DeadLetter.State.RETRYING,
@@ -109,8 +118,10 @@ def background_task(
     """
 
     def decorate(func: Callable):
+        TASK_QUEUES[name] = queue
+
         @app.task(
-            name=name, bind=True, queue=queue, acks_late=True, max_retries=max_retries,
+            name=name, bind=True, acks_late=True, max_retries=max_retries,
             time_limit=time_limit, soft_time_limit=max(time_limit - 10, 1), **options,
         )
         @wraps(func)
@@ -159,8 +170,9 @@ def register_job_task(job: Job) -> None:
 
     run.__name__ = f"job_{job.name}"
     run.__doc__ = job.description
+    TASK_QUEUES[job.task_name] = job.queue
     app.task(
-        run, name=job.task_name, bind=True, queue=job.queue, acks_late=True,
+        run, name=job.task_name, bind=True, acks_late=True,
         max_retries=job.max_retries, time_limit=limit + 60, soft_time_limit=limit,
     )
 

@@ -16,7 +16,7 @@ from ops.runner import JobContext, JobError, JobSkipped
 from ops.tasks import background_task
 
 TEST_JOBS = ("ops_test_job", "ops_test_undated")
-TEST_TASKS = ("ops_test.flaky",)
+TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink")
 HOLD_TIMEOUT_S = 60
 
 
