@@ -44,6 +44,11 @@ class Payment(models.Model):
         indexes = [
             models.Index(fields=["created_at"], name="payment_created_idx"),
             models.Index(fields=["captured_at"], name="payment_captured_idx"),
+            # daily_analytics: refunds by the day they happened.
+            models.Index(
+                fields=["refunded_at"], condition=Q(refunded_at__isnull=False),
+                name="payment_refunded_idx",
+            ),
             # payment_sync: payments not yet settled, by last change.
             models.Index(
                 fields=["updated_at"], condition=Q(status__in=["created", "authorized"]),
