@@ -8,6 +8,7 @@ The file's SHA-256 is checked first; the restored main tables must hold the row
 counts recorded when the backup was taken. See ops/maintenance/RESTORE.md.
 """
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from ops.maintenance.backups import BackupError, backup_restore
 from ops.maintenance.models import Backup
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         if backup_id is None:
             for backup in Backup.objects.filter(status=Backup.Status.OK)[:50]:
                 self.stdout.write(
-                    f"{backup.pk:>6}  {backup.started_at:%Y-%m-%d %H:%M %Z}  {backup.size_bytes:>12}  {backup.filename}"
+                    f"{backup.pk:>6}  {timezone.localtime(backup.started_at):%Y-%m-%d %H:%M %Z}  {backup.size_bytes:>12}  {backup.filename}"
                 )
             return
         if not database:
