@@ -1,21 +1,29 @@
 """Benchmark of payment_sync: pending payments reconciled per second against the fake Razorpay.
 
-    python bench/payment_sync.py [--payments 5000] [--latency-ms 25] [--concurrency 8 16]
+    python bench/payment_sync.py [--payments 5000] [--latency-ms 25] [--concurrency 8 16] [--rate-limit 1000]
 
 The fake gateway runs in its own process (so its threads do not share our GIL) and
-answers every call after `--latency-ms`. The bound for concurrency C is C calls in
-flight at all times: C ÷ latency payments per second (one call per payment). The same
-run measures the real per-call time of one sequential client, and counts the database
-queries the sync makes per payment. Needs PostgreSQL (a database `bench_money` is
-created) and Redis (the shared rate limiter, set high enough not to bind).
+answers every call after `--latency-ms`. For each concurrency C the same run measures:
+the bound C ÷ latency (C calls in flight at all times, one call per payment); a bare
+baseline, the same number of order-payments fetches made with the plain SDK (one
+`razorpay.Client` per thread, as its docs show) on C threads and nothing else; then
+payment_sync_pending itself, with the database queries it makes (on every connection)
+per payment. The load average is printed with each line: the machine is shared.
+The shared rate limiter runs on every call (one Redis round trip each), set by
+`--rate-limit` above the highest bound so that it never makes a call wait: the
+settings' default (25/s) would cap the sync at 25 payments/s whatever C is.
+Needs PostgreSQL (the database of BENCH_DATABASE_URL is created) and Redis.
 """
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import multiprocessing as mp
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,7 +34,7 @@ os.environ.update(
     # Events are published to the real broker (no worker consumes them: the bench measures the sync).
     CELERY_BROKER_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4"), CELERY_TASK_ALWAYS_EAGER="false",
     RAZORPAY_KEY_ID="rzp_test_bench", RAZORPAY_KEY_SECRET="bench-secret",
-    RAZORPAY_RATE_LIMIT="100000", RAZORPAY_TIMEOUT="10", LOG_LEVEL="WARNING",
+    RAZORPAY_TIMEOUT="10", LOG_LEVEL="WARNING",
 )
 MIX = (("captured", 70), ("failed", 10), ("authorized", 10), (None, 10))  # percent of payments
 
@@ -81,14 +89,44 @@ def load(n: int) -> None:
     )
 
 
+def load_average() -> str:
+    return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bare_fetches(base_url: str, n: int, concurrency: int) -> float:
+    """Seconds for n order-payments fetches with the plain SDK on `concurrency` threads."""
+    import razorpay
+
+    local = threading.local()
+
+    def fetch(i: int) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = razorpay.Client(auth=("rzp_test_bench", "bench-secret"), base_url=base_url)
+        client.order.payments(f"order_B{i:013d}", {}, timeout=10)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        started = time.perf_counter()
+        list(pool.map(fetch, range(n)))
+        return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=5000)
     parser.add_argument("--latency-ms", type=float, default=25.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--rate-limit", type=float, default=1000.0,
+                        help="RAZORPAY_RATE_LIMIT for the run, calls/s (keep it above the bounds)")
     args = parser.parse_args()
+    highest_bound = max(args.concurrency) / (args.latency_ms / 1000)
+    if args.rate_limit < highest_bound:
+        print(f"warning: --rate-limit {args.rate_limit:g}/s is below the bound {highest_bound:.0f}/s "
+              "and will cap the sync")
 
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", "bench_money"], capture_output=True)
+    db = urlsplit(DB_URL)
+    subprocess.run(["createdb", "-h", db.hostname or "127.0.0.1", "-p", str(db.port or 5432),
+                    "-U", db.username or "postgres", db.path.lstrip("/")], capture_output=True)
     # The fake forks before Django opens any connection.
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
@@ -102,44 +140,57 @@ def main() -> None:
     django.setup()
     from django.conf import settings
     from django.core.management import call_command
-    from django.db import connection
+    from django.db import connections
+    from django.db.backends.signals import connection_created
 
     from payments import gateway, services
 
     settings.RAZORPAY_BASE_URL = base_url
+    settings.RAZORPAY_RATE_LIMIT = args.rate_limit
     call_command("migrate", verbosity=0)
 
-    # Baseline: the real time of one call, made one after another by a single client.
+    queries = 0
+    counting = threading.Event()
+
+    def count(execute, sql, params, many, context):
+        nonlocal queries
+        if counting.is_set():
+            queries += 1
+        return execute(sql, params, many, context)
+
+    # Every connection, including any a thread of the sync opens, goes through the counter.
+    for conn in connections.all():
+        conn.execute_wrappers.append(count)
+    connection_created.connect(lambda sender, connection, **kwargs: connection.execute_wrappers.append(count),
+                               weak=False)
+
+    # The real time of one call through our client, made one after another.
     samples = 100
     started = time.perf_counter()
     for i in range(samples):
         gateway.fetch_order_payments(f"order_B{i:013d}")
     per_call = (time.perf_counter() - started) / samples
-    print(f"payments={args.payments} latency={args.latency_ms:g} ms; "
-          f"measured sequential call: {per_call * 1000:.1f} ms")
+    print(f"payments={args.payments} latency={args.latency_ms:g} ms rate limit={args.rate_limit:g}/s; "
+          f"sequential call through payments.gateway: {per_call * 1000:.1f} ms; {load_average()}")
 
     try:
         for concurrency in args.concurrency:
+            bound = concurrency / (args.latency_ms / 1000)
+            bare = args.payments / bare_fetches(base_url, args.payments, concurrency)
+            print(f"C={concurrency:>2}: bare SDK {args.payments} fetches = {bare:.0f}/s "
+                  f"({bare / bound:.0%} of bound {bound:.0f}/s); {load_average()}")
             load(args.payments)
             queries = 0
-
-            def count(execute, sql, params, many, context):
-                nonlocal queries
-                queries += 1
-                return execute(sql, params, many, context)
-
-            with connection.execute_wrapper(count):
-                started = time.perf_counter()
-                counts = services.payment_sync_pending(concurrency=concurrency)
-                elapsed = time.perf_counter() - started
+            counting.set()
+            started = time.perf_counter()
+            counts = services.payment_sync_pending(concurrency=concurrency)
+            elapsed = time.perf_counter() - started
+            counting.clear()
             rate = counts["seen"] / elapsed
-            bound = concurrency / (args.latency_ms / 1000)
-            measured_bound = concurrency / per_call
             print(
-                f"C={concurrency:>2}: {counts['seen']} payments in {elapsed:.2f} s = {rate:.0f}/s; "
-                f"bound C/{args.latency_ms:g}ms = {bound:.0f}/s -> {rate / bound:.0%} "
-                f"(vs measured per-call bound {measured_bound:.0f}/s: {rate / measured_bound:.0%}); "
-                f"{queries / counts['seen']:.2f} queries/payment; "
+                f"C={concurrency:>2}: payment_sync {counts['seen']} payments in {elapsed:.2f} s = {rate:.0f}/s; "
+                f"bound {bound:.0f}/s -> {rate / bound:.0%} of bound, {rate / bare:.0%} of bare; "
+                f"{queries / counts['seen']:.2f} queries/payment; {load_average()}; "
                 f"captured={counts['captured']} failed={counts['failed']} authorized={counts['authorized']} "
                 f"errors={counts['gateway_errors']}"
             )

@@ -11,11 +11,12 @@ never inside a database transaction.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from itertools import repeat
 from typing import Callable, Iterable, Sequence
 
 from django.conf import settings
@@ -355,20 +356,20 @@ class Observation:
     error: str = ""
 
 
+def _observe_one(row: dict, probe: Callable[[dict], GatewayPayment | None]) -> Observation:
+    try:
+        return Observation(row, probe(row))
+    except gateway.GatewayError as exc:
+        return Observation(row, None, type(exc).__name__)
+    except ValueError as exc:  # an answer we cannot read (unknown status...): this payment only
+        log.warning("payment %s: unreadable gateway answer: %s", row["pk"], exc)
+        return Observation(row, None, "UnreadableAnswer")
+
+
 def observe(rows: Sequence[dict], probe: Callable[[dict], GatewayPayment | None],
             pool: ThreadPoolExecutor) -> list[Observation]:
     """Run `probe(row)` for every row on the pool; a gateway error is recorded on its row, not raised."""
-
-    def one(row: dict) -> Observation:
-        try:
-            return Observation(row, probe(row))
-        except gateway.GatewayError as exc:
-            return Observation(row, None, type(exc).__name__)
-        except ValueError as exc:  # an answer we cannot read (unknown status...): this payment only
-            log.warning("payment %s: unreadable gateway answer: %s", row["pk"], exc)
-            return Observation(row, None, "UnreadableAnswer")
-
-    return list(pool.map(one, rows))
+    return list(pool.map(_observe_one, rows, repeat(probe)))
 
 
 def probe_order_payments(row: dict) -> GatewayPayment | None:
@@ -388,9 +389,10 @@ def payment_sync_pending(
 ) -> Counter:
     """Reconcile payments left created/authorized longer than PAYMENT_SYNC_AFTER with Razorpay.
 
-    Chunks of payments are claimed in pk order (skipping rows other workers hold),
-    their gateway state fetched on `concurrency` threads, and each chunk applied in
-    one transaction while the next chunk is being fetched.
+    Chunks of payments are claimed in pk order (skipping rows other workers hold) and
+    every payment's gateway call is queued on `concurrency` threads. The next chunk is
+    claimed and queued before this one is applied (in one transaction, on this
+    thread), so the calls never stop while the database work and the publishing run.
     """
     if concurrency < 1 or chunk_size < 1:
         raise ValueError("concurrency and chunk_size must be positive")
@@ -401,28 +403,33 @@ def payment_sync_pending(
     )
     total = pending.count()
     counts: Counter = Counter()
-    after = 0
+    queued: deque[list[Future]] = deque()
+    after, exhausted = 0, False
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="payment-sync") as pool:
-        def fetch_next():
-            nonlocal after
+        def queue_next() -> None:
+            nonlocal after, exhausted
             rows = claim_chunk(pending.filter(pk__gt=after), size=chunk_size, now=now,
                                fields=_SYNC_FIELDS, claim=not dry_run)
+            exhausted = len(rows) < chunk_size
             if rows:
                 after = rows[-1]["pk"]
-            return rows, pool.submit(observe, rows, probe_order_payments, pool) if rows else None
+                queued.append([pool.submit(_observe_one, row, probe_order_payments) for row in rows])
 
-        rows, future = fetch_next()
-        while rows:
-            short = len(rows) < chunk_size
-            # The pool's threads are all busy with this chunk's calls; claiming the next one
-            # now lets its fetches start as soon as a thread frees up.
-            observations = future.result()
-            next_rows, next_future = ([], None) if short else fetch_next()
-            _settle_chunk(observations, counts, dry_run=dry_run)
-            counts["seen"] += len(rows)
-            if on_progress:
-                on_progress(counts["seen"], total, "payments")
-            rows, future = next_rows, next_future
+        try:
+            queue_next()
+            while queued:
+                # Two chunks queued: the pool works through the next one while this one is applied.
+                if not exhausted and len(queued) < 2:
+                    queue_next()
+                observations = [f.result() for f in queued.popleft()]
+                _settle_chunk(observations, counts, dry_run=dry_run)
+                counts["seen"] += len(observations)
+                if on_progress:
+                    on_progress(counts["seen"], total, "payments")
+        except BaseException:
+            # No more gateway calls for a run that stops; its claims lapse with their lease.
+            pool.shutdown(cancel_futures=True)
+            raise
     return counts
 
 
