@@ -99,5 +99,11 @@ def all_jobs() -> dict[str, Job]:
 
 
 def unregister(name: str) -> None:
-    """For tests that register throwaway jobs."""
+    """For tests that register throwaway jobs: forget the job and its Celery task."""
+    from checkout.celery import app
+    from ops.tasks import TASK_QUEUES
+
     _REGISTRY.pop(name, None)
+    task_name = JOB_TASK_PREFIX + name
+    app.tasks.pop(task_name, None)
+    TASK_QUEUES.pop(task_name, None)
