@@ -167,6 +167,22 @@ def evaluate_job(
     return changes
 
 
+def alert_raise(*, job: str, summary: str, detail: dict | None = None) -> bool:
+    """Open the job's "condition" incident (a threshold passed, a chain stopped); notifies once.
+
+    Returns True when this call opened it, False when it was already open.
+    """
+    return _open(job, AlertIncident.Kind.CONDITION, summary, detail or {}, timezone.now()) is not None
+
+
+def alert_clear(*, job: str) -> bool:
+    """Resolve the job's open "condition" incident, if any, with a recovery notice."""
+    incident = AlertIncident.objects.filter(
+        job=job, kind=AlertIncident.Kind.CONDITION, resolved_at__isnull=True
+    ).first()
+    return incident is not None and _resolve(incident, timezone.now())
+
+
 def alerts_after_run(run: JobRun) -> None:
     """Evaluate the job's rules after one of its runs; never raises into the runner."""
     try:

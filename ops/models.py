@@ -154,6 +154,8 @@ class AlertIncident(models.Model):
     class Kind(models.TextChoices):
         FAILURE_RATIO = "failure_ratio", "failure ratio"
         STALE = "stale", "no recent success"
+        # Raised by a job about what it found (thresholds passed, a chain stopped).
+        CONDITION = "condition", "condition reported by the job"
 
     job = models.CharField(max_length=64)
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -12,23 +12,14 @@ from functools import wraps
 
 from django.conf import settings
 
+from ops.alerts import alert_clear, alert_raise
 from ops.maintenance import backups, checks, upkeep
 from ops.registry import get_job, job
 from ops.runner import JobContext, JobError, JobSkipped, local_today
 
-log = logging.getLogger("ops.alerts")
+log = logging.getLogger(__name__)
 
 SUNDAY = 6
-
-
-def raise_alert(job_name: str, summary: str, detail: dict | None = None) -> None:
-    """The one place maintenance alerts leave from.
-
-    ops.alerts opens incidents only for its own rules (failure ratio, staleness)
-    and has no public entry point for other alerts yet; until it does, this
-    logs at ERROR with the ALERT prefix its log backend uses. Switch here.
-    """
-    log.error("ALERT job=%s kind=maintenance %s detail=%s", job_name, summary, detail or {})
 
 
 def _chain_after(name: str) -> list[str]:
@@ -48,20 +39,23 @@ def alerts_on_failure(func):
     @wraps(func)
     def run(ctx: JobContext):
         try:
-            return func(ctx)
+            result = func(ctx)
         except JobSkipped:
             raise
         except Exception as exc:
             if not ctx.dry_run:
                 stopped = _chain_after(ctx.job.name)
-                raise_alert(
-                    ctx.job.name,
-                    f"failed: {exc}" + (f"; not run: {', '.join(stopped)}" if stopped else ""),
-                    {"run_id": ctx.run.pk},
+                alert_raise(
+                    job=ctx.job.name,
+                    summary=f"failed: {exc}" + (f"; not run: {', '.join(stopped)}" if stopped else ""),
+                    detail={"run_id": ctx.run.pk, "not_run": stopped},
                 )
             if isinstance(exc, backups.BackupError):
                 raise JobError(str(exc)) from exc
             raise
+        if not ctx.dry_run:
+            alert_clear(job=ctx.job.name)
+        return result
 
     return run
 
@@ -127,8 +121,11 @@ def db_monitor(ctx: JobContext) -> dict:
     snapshot, breaches = upkeep.database_snapshot_take(dry_run=ctx.dry_run)
     ctx.add("tables", len(snapshot.tables))
     ctx.add("breaches", len(breaches))
-    if breaches and not ctx.dry_run:
-        raise_alert("db_monitor", "; ".join(breaches), {"snapshot_id": snapshot.pk})
+    if not ctx.dry_run:
+        if breaches:
+            alert_raise(job="db_monitor", summary="; ".join(breaches), detail={"snapshot_id": snapshot.pk})
+        else:
+            alert_clear(job="db_monitor")
     return {
         "snapshot_id": snapshot.pk, "database_bytes": snapshot.database_bytes,
         "connections": snapshot.connections, "max_connections": snapshot.max_connections,

@@ -9,7 +9,7 @@ from django_celery_results.models import TaskResult
 
 from ops.maintenance import upkeep
 from ops.maintenance.models import DbSnapshot, HealthCheck
-from ops.models import DeadLetter, JobRun, OutboxEvent
+from ops.models import AlertIncident, DeadLetter, JobRun, OutboxEvent
 from ops.runner import run_job
 from payments.models import WebhookEvent, WebhookRejection
 
@@ -128,6 +128,19 @@ def test_monitor_stores_a_snapshot_and_alerts_on_a_threshold(settings, caplog):
     assert any(t["table"] == "ops_jobrun" for t in snapshot.tables)
     assert snapshot.breaches and snapshot.breaches[0].startswith("connections ")
     assert any("ALERT job=db_monitor" in r.getMessage() for r in caplog.records)
+    incident = AlertIncident.objects.get(job="db_monitor", resolved_at__isnull=True)
+    assert incident.kind == AlertIncident.Kind.CONDITION
+
+    # and a second breach does not notify again; a clean snapshot resolves the incident
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="ops.alerts"):
+        run_job("db_monitor")
+    assert not any("ALERT job=db_monitor" in r.getMessage() for r in caplog.records)
+    settings.DB_MONITOR_CONNECTIONS_RATIO = 1.0
+    settings.DB_MONITOR_DEAD_TUPLE_RATIO = 1.0
+    settings.DB_MONITOR_LONG_QUERY = timedelta(hours=1)
+    run_job("db_monitor")
+    assert not AlertIncident.objects.filter(job="db_monitor", resolved_at__isnull=True).exists()
 
 
 @pytest.mark.django_db
@@ -176,6 +189,9 @@ def test_a_failed_backup_stops_the_chain_and_alerts(settings, tmp_path, caplog):
     assert not JobRun.objects.filter(job__in=["db_optimize", "db_monitor"]).exists()
     alerts = [r.getMessage() for r in caplog.records if "ALERT job=db_backup" in r.getMessage()]
     assert alerts and "not run: db_optimize, db_monitor" in alerts[0]
+    assert AlertIncident.objects.get(job="db_backup", resolved_at__isnull=True).detail["not_run"] == [
+        "db_optimize", "db_monitor",
+    ]
 
 
 @pytest.mark.django_db
