@@ -33,7 +33,6 @@ app.conf.update(
     task_soft_time_limit=55 * 60,
     worker_prefetch_multiplier=1,
     worker_send_task_events=True,
-    task_send_sent_event=True,
     # Redis redelivers unacknowledged messages after this; longer than any task.
     broker_transport_options={"visibility_timeout": 2 * 60 * 60},
     broker_connection_retry_on_startup=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 from django.db import transaction
 from django.db.models import F
@@ -35,29 +36,43 @@ def subscribers(topic: str) -> list[str]:
 
 
 def outbox_add(topic: str, payload: dict, *, key: str | None = None) -> int | None:
-    """Store an event in the current transaction; returns its id, or None if `key` was already announced.
+    """Store an event in the current transaction; returns its id, or None if `key` was already announced."""
+    ids = outbox_add_many([(topic, payload, key)])
+    return ids[0] if ids else None
+
+
+def outbox_add_many(events: Iterable[tuple[str, dict, str | None]]) -> list[int]:
+    """Store (topic, payload, key) events in the current transaction with one INSERT per 500.
 
     The insert is `ON CONFLICT (key) DO NOTHING`, so two transactions announcing
-    the same fact at once store it once and neither fails.
+    the same fact at once store it once and neither fails; returns the ids of the
+    events stored now (not of those already announced).
     """
     connection = transaction.get_connection()
     table = connection.ops.quote_name(OutboxEvent._meta.db_table)
-    payload_value = OutboxEvent._meta.get_field("payload").get_db_prep_value(payload, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (topic, payload, key, created_at, attempts, last_error) "
-            "VALUES (%s, %s, %s, %s, 0, '') ON CONFLICT (key) DO NOTHING RETURNING id",
-            [topic, payload_value, key, timezone.now()],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    pending = _pending.__dict__.setdefault("ids", [])
-    pending.append(row[0])
-    # One callback per event, but the first one to run publishes everything this
-    # thread has pending in one batch; the rest find nothing left to do.
-    transaction.on_commit(_publish_pending)
-    return row[0]
+    payload_field = OutboxEvent._meta.get_field("payload")
+    now = timezone.now()
+    rows = [
+        (topic, payload_field.get_db_prep_value(payload, connection), key, now)
+        for topic, payload, key in events
+    ]
+    ids: list[int] = []
+    for start in range(0, len(rows), RELAY_BATCH):
+        chunk = rows[start:start + RELAY_BATCH]
+        values = ", ".join(["(%s, %s, %s, %s, 0, '')"] * len(chunk))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (topic, payload, key, created_at, attempts, last_error) "
+                f"VALUES {values} ON CONFLICT (key) DO NOTHING RETURNING id",
+                [value for row in chunk for value in row],
+            )
+            ids.extend(row[0] for row in cursor.fetchall())
+    if ids:
+        _pending.__dict__.setdefault("ids", []).extend(ids)
+        # The first callback of the transaction to run publishes everything this
+        # thread has pending in one batch; later ones find nothing left to do.
+        transaction.on_commit(_publish_pending)
+    return ids
 
 
 # Ids written by this thread and not yet handed to the publisher. Ids of rolled

@@ -24,7 +24,7 @@ from django.db import models, transaction
 from django.db.models import Case, Count, F, Q, Sum, Value, When
 from django.utils import timezone
 
-from ops.outbox import outbox_add
+from ops.outbox import outbox_add_many
 from orders.models import Order, OrderStatus
 from payments import gateway
 from payments.models import Payment, PaymentReport, PaymentStatus
@@ -223,8 +223,9 @@ def _apply_captured(group, rows, now, applied: Applied) -> None:
     )
     if payable:
         Order.objects.filter(pk__in=payable).update(status=OrderStatus.PAID, paid_at=now, updated_at=now)
-    for order_id in sorted(payable):
-        outbox_add("order.paid", {"order_id": order_id}, key=f"order.paid:{order_id}")
+    outbox_add_many(
+        ("order.paid", {"order_id": order_id}, f"order.paid:{order_id}") for order_id in sorted(payable)
+    )
     applied.paid_order_ids.extend(sorted(payable))
     applied.counts["orders_paid"] += len(payable)
     # Money taken for an order already paid, cancelled or refunded: never silently kept.
@@ -246,8 +247,10 @@ def _apply_authorized(group, now, applied: Applied, request_capture: bool) -> No
     )
     applied.counts["authorized"] += len(group)
     if request_capture:
-        for pk in sorted(group):
-            outbox_add("payment.authorized", {"payment_id": pk}, key=f"payment.authorized:{pk}:{group[pk].id}")
+        outbox_add_many(
+            ("payment.authorized", {"payment_id": pk}, f"payment.authorized:{pk}:{group[pk].id}")
+            for pk in sorted(group)
+        )
         applied.counts["capture_requested"] += len(group)
 
 
@@ -260,11 +263,11 @@ def _apply_failed(group, rows, now, applied: Applied) -> None:
         error_code=_case({pk: gp.error_code for pk, gp in group.items()}, models.CharField()),
         error_description=_case({pk: gp.error_description for pk, gp in group.items()}, models.CharField()),
     )
-    for pk in sorted(group):
-        outbox_add(
-            "payment.failed", {"payment_id": pk, "order_id": rows[pk]["order_id"]},
-            key=f"payment.failed:{pk}:{group[pk].id}",
-        )
+    outbox_add_many(
+        ("payment.failed", {"payment_id": pk, "order_id": rows[pk]["order_id"]},
+         f"payment.failed:{pk}:{group[pk].id}")
+        for pk in sorted(group)
+    )
     applied.counts["failed"] += len(group)
 
 

@@ -215,3 +215,17 @@ def test_a_capture_whose_answer_is_lost_is_not_repeated(make_payment, fake_gatew
         assert services.payment_settle_authorized(payment_id=payment.pk) == "captured"
     assert fake_gateway.captures(pay_id) <= 1
     assert Payment.objects.get(pk=payment.pk).status == "captured"
+
+
+@pytest.mark.parametrize("concurrency,chunk_size", [(1, 1), (1, 2), (3, 2)])
+def test_any_concurrency_and_chunk_size_reconcile_everything(
+        make_payment, django_capture_on_commit_callbacks, redis_client, concurrency, chunk_size):
+    # given more payments than one chunk, some captured and some failed at the gateway
+    made = [make_payment(at_gateway=status)[0] for status in ("captured", "failed", "captured", "failed", "captured")]
+    # when: one thread must still work (the pool is never also the pipeline's scheduler)
+    counts = sync(django_capture_on_commit_callbacks, concurrency=concurrency, chunk_size=chunk_size)
+    # then
+    assert counts["captured"] == 3 and counts["failed"] == 2
+    statuses = sorted(Payment.objects.filter(pk__in=[p.pk for p in made]).values_list("status", flat=True))
+    assert statuses == ["captured"] * 3 + ["failed"] * 2
+    assert OutboxEvent.objects.filter(topic="order.paid").count() == 3

@@ -3,7 +3,7 @@ import pytest
 from django.db import transaction
 
 from ops.models import OutboxEvent
-from ops.outbox import outbox_add, outbox_relay, subscribe
+from ops.outbox import outbox_add, outbox_add_many, outbox_relay, subscribe
 from ops.tasks import background_task
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -83,3 +83,19 @@ def test_relay_sends_what_was_left_unpublished():
     # then: sent once each; a second relay finds nothing
     assert sorted(p["n"] for p in RECEIVED) == [0, 1, 2]
     assert outbox_relay() == 0
+
+
+def test_add_many_stores_new_events_in_one_statement_and_skips_known_keys(
+        django_capture_on_commit_callbacks, django_assert_num_queries):
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        outbox_add("tests.happened", {"n": 0}, key="many:0")
+    RECEIVED.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            with django_assert_num_queries(1):
+                ids = outbox_add_many(("tests.happened", {"n": n}, f"many:{n}") for n in range(4))
+    assert len(ids) == 3
+    assert sorted(OutboxEvent.objects.filter(key__startswith="many:").values_list("key", flat=True)) == [
+        "many:0", "many:1", "many:2", "many:3",
+    ]
+    assert sorted(p["n"] for p in RECEIVED) == [1, 2, 3]
