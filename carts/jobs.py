@@ -67,7 +67,8 @@ def _number(params: dict, name: str, default, kind, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise JobError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
     if value < low or (high is not None and value > high):
-        raise JobError(f"{name} must be between {low} and {high if high is not None else 'any'}, not {value}")
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise JobError(f"{name} must be {bounds}, not {value}")
     return kind(value)
 
 
@@ -118,7 +119,7 @@ def cart_cleanup(ctx: JobContext) -> dict:
         )
     ctx.add("deleted", expired.rows)
     ctx.add("flagged_abandoned", flagged.rows)
-    ctx.add("cache_keys_stored", cache.pending)
+    ctx.add("cache_keys_stored", cache.stored)
 
     snapshot = cart_snapshot_record(run=ctx.run, deleted=expired.by_internship, flagged=flagged.by_internship)
     if snapshot.cache_keys_pending:
