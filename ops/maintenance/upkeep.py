@@ -105,6 +105,7 @@ def _prunes() -> tuple[Prune, ...]:
         Prune("outbox_events", "ops.OutboxEvent", "RETENTION_OUTBOX", "published_at"),
         Prune("health_checks", "maintenance.HealthCheck", "RETENTION_HEALTH", "checked_at"),
         Prune("db_snapshots", "maintenance.DbSnapshot", "RETENTION_HEALTH", "taken_at"),
+        Prune("cart_snapshots", "carts.CartSnapshot", "RETENTION_HEALTH", "taken_at"),
         Prune("failed_backups", "maintenance.Backup", "RETENTION_JOB_RUNS", "started_at",
               lambda: Q(status="failed")),
     )
@@ -139,7 +140,8 @@ def database_cleanup(
                 break
             with transaction.atomic():
                 # Re-applies the age filter: a row touched since the id was read is kept.
-                total += queryset.filter(pk__in=ids).delete()[0]
+                # Counted: rows of the pruned table itself, not the rows that cascade with them.
+                total += queryset.filter(pk__in=ids).delete()[1].get(queryset.model._meta.label, 0)
             last_pk = ids[-1]
             if on_batch is not None:
                 on_batch(prune.name, total)

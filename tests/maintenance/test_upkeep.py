@@ -7,6 +7,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from carts.models import CartSnapshot, CartSnapshotLine
 from ops.maintenance import upkeep
 from ops.maintenance.models import DbSnapshot, HealthCheck
 from ops.models import AlertIncident, DeadLetter, JobRun, OutboxEvent
@@ -50,6 +51,9 @@ def seed_prunable():
     keep["outbox"] = {OutboxEvent.objects.create(topic="order.paid", created_at=ago(OLD)).pk}
     HealthCheck.objects.create(service="cache", status="ok", checked_at=ago(OLD))
     keep["health"] = {HealthCheck.objects.create(service="cache", status="ok").pk}
+    old_snapshot = CartSnapshot.objects.create(taken_at=ago(OLD))
+    CartSnapshotLine.objects.create(snapshot=old_snapshot)
+    keep["cart_snapshots"] = {CartSnapshot.objects.create().pk}
     return old_runs, keep
 
 
@@ -66,7 +70,8 @@ def test_cleanup_deletes_exactly_the_old_resolved_rows_in_batches():
     assert finished
     assert deleted == {
         "job_runs": 7, "task_results": 1, "webhook_events": 1, "webhook_rejections": 1,
-        "dead_letters": 2, "outbox_events": 1, "health_checks": 1, "db_snapshots": 0, "failed_backups": 0,
+        "dead_letters": 2, "outbox_events": 1, "health_checks": 1, "db_snapshots": 0, "cart_snapshots": 1,
+        "failed_backups": 0,
     }
     assert batches.count("job_runs") == 3  # 3 + 3 + 1
     assert set(JobRun.objects.values_list("pk", flat=True)) == keep["runs"]
@@ -76,6 +81,8 @@ def test_cleanup_deletes_exactly_the_old_resolved_rows_in_batches():
     assert set(DeadLetter.objects.values_list("pk", flat=True)) == keep["dead"]
     assert set(OutboxEvent.objects.values_list("pk", flat=True)) == keep["outbox"]
     assert set(HealthCheck.objects.values_list("pk", flat=True)) == keep["health"]
+    assert set(CartSnapshot.objects.values_list("pk", flat=True)) == keep["cart_snapshots"]
+    assert not CartSnapshotLine.objects.exists()
     # and again: nothing left to do
     assert sum(upkeep.database_cleanup()[0].values()) == 0
 
