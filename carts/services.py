@@ -50,10 +50,11 @@ UNLINK_CHUNK = 1000
 
 # --- the checkout's writes ----------------------------------------------------
 
-def _cache_value(cart: Cart) -> str:
+def cart_cache_value(*, cart_id: int, internship_id: int, status: str, updated_at: datetime) -> str:
+    """The JSON kept at `cart:<token>` (what the checkout reads instead of the database)."""
     return json.dumps({
-        "id": cart.pk, "internship_id": cart.internship_id, "status": cart.status,
-        "updated_at": cart.updated_at.isoformat(),
+        "id": cart_id, "internship_id": internship_id, "status": status,
+        "updated_at": updated_at.isoformat(),
     })
 
 
@@ -63,7 +64,10 @@ def _cache_write(cart: Cart) -> None:
     if client is None:
         return
     try:
-        client.set(cart.cache_key, _cache_value(cart), ex=int(settings.CART_TTL.total_seconds()))
+        value = cart_cache_value(
+            cart_id=cart.pk, internship_id=cart.internship_id, status=cart.status, updated_at=cart.updated_at
+        )
+        client.set(cart.cache_key, value, ex=int(settings.CART_TTL.total_seconds()))
     except redis.RedisError as exc:
         log.warning("cache write of cart %s failed: %s", cart.pk, exc)
 

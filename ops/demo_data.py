@@ -23,12 +23,12 @@ from typing import Iterator
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.cache.backends.redis import RedisSerializer
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
 from carts.models import Cart, CartStatus, cart_cache_key
+from carts.services import cart_cache_value
 from checkout.redis import get_redis
 from ops.runner import local_zone
 from orders.models import Enrollment, Internship, Order
@@ -809,7 +809,6 @@ def cart_cache_warm(*, id_range: tuple[int, int] | None = None, now: datetime | 
     carts = Cart.objects.filter(status=CartStatus.ACTIVE, created_at__gt=now - ttl)
     if id_range is not None:
         carts = carts.filter(id__range=id_range)
-    serializer = RedisSerializer()
     written, last_id = 0, 0
     while True:
         batch = list(
@@ -822,11 +821,10 @@ def cart_cache_warm(*, id_range: tuple[int, int] | None = None, now: datetime | 
         pipe = client.pipeline(transaction=False)
         for cart_id, token, user_id, internship_id, created_at, updated_at in batch:
             remaining = math.ceil((created_at + ttl - now).total_seconds())
-            value = {
-                "cart_id": cart_id, "token": str(token), "user_id": user_id,
-                "internship_id": internship_id, "updated_at": updated_at.isoformat(),
-            }
-            pipe.set(cart_cache_key(token), serializer.dumps(value), ex=max(1, remaining))
+            value = cart_cache_value(
+                cart_id=cart_id, internship_id=internship_id, status=CartStatus.ACTIVE, updated_at=updated_at
+            )
+            pipe.set(cart_cache_key(token), value, ex=max(1, remaining))
         pipe.execute()
         written += len(batch)
         last_id = batch[-1][0]

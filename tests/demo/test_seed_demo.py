@@ -1,4 +1,5 @@
 """seed_demo: sizes, every status, the schema's invariants, determinism, the cart cache, bad input."""
+import json
 import re
 import subprocess
 import sys
@@ -9,7 +10,6 @@ import pytest
 import time_machine
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.db.models import Count, F, Q
 
@@ -191,7 +191,8 @@ def test_live_carts_are_cached_in_redis_with_their_remaining_ttl(frozen, redis_c
     ttl = redis_client.ttl(f"cart:{cart.token}")
     expected = (cart.created_at + settings.CART_TTL - frozen).total_seconds()
     assert expected - 5 <= ttl <= expected
-    assert cache.get(f"cart:{cart.token}")["cart_id"] == cart.pk
+    entry = json.loads(redis_client.get(f"cart:{cart.token}"))
+    assert entry["id"] == cart.pk and entry["status"] == "active"
 
     # and a reset removes them with the rows
     demo_data_reset()
