@@ -216,12 +216,11 @@ def _tally_upsert_sql() -> tuple[str, list]:
     return sql, [*created_params, *abandoned_params]
 
 
-def _as_uuid(value) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
-
-
-def cart_expire_batch(*, after_id: int, upto_id: int, cutoff: datetime) -> list[tuple[uuid.UUID, int]]:
+def cart_expire_batch(*, after_id: int, upto_id: int, cutoff: datetime) -> list[tuple[str, int]]:
     """Delete the expired carts with after_id < id <= upto_id and tally them; returns (token, internship_id).
+
+    Tokens come back as their canonical text (`str(uuid)`), what cache keys are made
+    of: at a million carts, parsing them into UUID objects would cost more than the DELETE.
 
     Call inside a transaction. The expiry condition is part of the DELETE, so a
     cart touched, converted or ordered since the batch was chosen stays.
@@ -241,9 +240,10 @@ def cart_expire_batch(*, after_id: int, upto_id: int, cutoff: datetime) -> list[
             # One statement: the tally sees exactly the rows this DELETE removed.
             cursor.execute(
                 f"WITH gone AS (DELETE FROM {cart} WHERE {where} RETURNING {columns}),"
-                f" tallied AS ({upsert}) SELECT token, internship_id FROM gone",
+                f" tallied AS ({upsert}) SELECT token::text, internship_id FROM gone",
                 [*where_params, *upsert_params],
             )
+            return cursor.fetchall()
         else:
             # SQLite cannot DELETE inside WITH; its write transaction holds the
             # database lock, so the SELECT and the DELETE see the same rows.
@@ -252,7 +252,8 @@ def cart_expire_batch(*, after_id: int, upto_id: int, cutoff: datetime) -> list[
                 [*where_params, *upsert_params],
             )
             cursor.execute(f"DELETE FROM {cart} WHERE {where} RETURNING token, internship_id", where_params)
-        return [(_as_uuid(token), internship_id) for token, internship_id in cursor.fetchall()]
+            # SQLite keeps a UUID as 32 hex digits.
+            return [(str(uuid.UUID(token)), internship_id) for token, internship_id in cursor.fetchall()]
 
 
 def cart_abandon_batch(*, after_id: int, upto_id: int, idle_cutoff: datetime, now: datetime) -> list[int]:
