@@ -23,10 +23,11 @@ from ops.runner import local_today, run_job
 from orders.models import Order
 
 DEMO_PLAN = SeedPlan(carts=2000, orders=400, seed=42, days=60)
-# Cleanups first (so the rest sees a tidy state), then the gateway, health checks,
-# the reports, and the database jobs last, backup before optimize.
+# The sync first (what the gateway says settles payments before orders are expired),
+# then the cleanups, health checks, the reports, and the database jobs last, backup
+# before optimize.
 JOB_ORDER = (
-    "cart_cleanup", "order_cleanup", "payment_sync", "webhook_health", "payment_gateway_health",
+    "payment_sync", "cart_cleanup", "order_cleanup", "webhook_health", "payment_gateway_health",
     "email_service_health", "cache_health", "daily_analytics", "weekly_analytics",
     "db_cleanup", "db_backup", "db_optimize", "db_monitor",
 )
