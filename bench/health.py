@@ -97,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync, gthread)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker (gthread)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--runs", type=int, default=20000, help="run-ledger rows to seed")
     args = parser.parse_args()
@@ -114,7 +116,7 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "checkout.wsgi", "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
-             "--log-level", "warning"],
+             "-k", args.worker_class, "--threads", str(args.threads), "--log-level", "warning"],
             cwd=ROOT, env=env, start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
@@ -146,7 +148,8 @@ def main() -> None:
     p99 = summary["/health/"]["p99_ms"]
     print(f"throughput ratio /health/ : trivial = {ratio:.2f} (goal >= 0.70)  "
           f"/health/ p99 = {p99:.1f} ms (goal <= 50 ms)  "
-          f"{args.clients} clients, {args.workers} gunicorn workers, {os.cpu_count()} CPUs")
+          f"{args.clients} clients, {args.workers} gunicorn {args.worker_class} workers x {args.threads} threads, "
+          f"{os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

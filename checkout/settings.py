@@ -213,6 +213,8 @@ HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 3.0)
 HEALTH_STALE_AFTER = env_duration("HEALTH_STALE_AFTER", timedelta(hours=2))
 # /health/ recomputes its database-backed parts at most this often per process.
 HEALTH_CACHE_SECONDS = env_float("HEALTH_CACHE_SECONDS", 5.0)
+# /health/ pings the database and Redis at most this often per process (0: every request).
+HEALTH_PING_SECONDS = env_float("HEALTH_PING_SECONDS", 1.0)
 
 # --- job runtime ----------------------------------------------------------------
 # Extra modules that register jobs (e.g. test-only jobs that worker processes must see).

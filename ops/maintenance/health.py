@@ -1,8 +1,11 @@
 """The /health/ report: live pings of the database and Redis, stored results of the rest.
 
-The database and Redis are pinged on every request; the rest (stored results,
+The database and Redis are pinged live: at most once per HEALTH_PING_SECONDS per
+process and target (1 s by default; 0 pings on every request), so a burst of
+probes, or many monitors, cannot turn /health/ into load on the database, nor
+stack connection timeouts against one that is down. The rest (stored results,
 job status, dead letters, queue lengths, workers) is recomputed at most every
-HEALTH_CACHE_SECONDS per process, so a monitor polling hard costs two pings. Nothing in the body names a host, a user or
+HEALTH_CACHE_SECONDS per process. Nothing in the body names a host, a user or
 a secret: errors are reported by exception class only.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ REPORTED_SERVICES = ("payment_gateway", "email_service", "webhooks")
 
 _cache_lock = threading.Lock()
 _cache: dict[str, tuple[float, object]] = {}
+_pings: dict[tuple, tuple[float, dict]] = {}
 
 
 def _ms(started: float) -> float:
@@ -62,6 +66,25 @@ def _ping_redis() -> dict:
     return {"status": "ok", "latency_ms": _ms(started)}
 
 
+def _pinged(key: tuple, ping) -> dict:
+    """ping() at most every HEALTH_PING_SECONDS for this target; its answer, ok or not, is reused meanwhile."""
+    ttl = settings.HEALTH_PING_SECONDS
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _pings.get(key)
+    if ttl > 0 and hit is not None and now < hit[0]:
+        return dict(hit[1])
+    result = ping()
+    with _cache_lock:
+        _pings[key] = (now + ttl, result)
+    return dict(result)
+
+
+def _database_key() -> tuple:
+    db = connections[DEFAULT_DB_ALIAS].settings_dict
+    return ("database", db.get("HOST"), db.get("PORT"), db.get("NAME"))
+
+
 def _stored_parts() -> dict:
     now = timezone.now()
     return {
@@ -88,6 +111,7 @@ def _cached(key: str, compute):
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+        _pings.clear()
 
 
 def health_report(*, strict: bool = False) -> tuple[int, dict]:
@@ -96,8 +120,8 @@ def health_report(*, strict: bool = False) -> tuple[int, dict]:
     503 when the database or Redis is down; with strict, also when anything
     else is not healthy. Otherwise 200, with status healthy or degraded.
     """
-    database = _ping_database()
-    redis_status = _ping_redis()
+    database = _pinged(_database_key(), _ping_database)
+    redis_status = _pinged(("redis", settings.REDIS_URL), _ping_redis)
     services = {"database": database, "redis": redis_status}
     body = {"status": HEALTHY, "timestamp": timezone.now().isoformat(), "services": services}
     problems = []

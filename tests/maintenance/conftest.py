@@ -46,6 +46,7 @@ def fresh_health_cache(settings):
     from ops.maintenance.health import clear_cache
 
     settings.HEALTH_CACHE_SECONDS = 0
+    settings.HEALTH_PING_SECONDS = 0
     clear_cache()
     yield
     clear_cache()

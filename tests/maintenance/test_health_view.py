@@ -166,3 +166,26 @@ def test_liveness_touches_no_dependency(client, dead_redis):
     response = client.get("/health/live/")
     assert response.status_code == 200
     assert response.json()["status"] == "alive"
+
+
+def test_pings_are_reused_within_their_window_down_results_included(settings):
+    from ops.maintenance import health
+
+    calls = []
+
+    def ping():
+        calls.append(1)
+        return {"status": "down", "error": "OperationalError"}
+
+    # given a one-minute window: a burst of probes pings once, and a down answer is kept too
+    settings.HEALTH_PING_SECONDS = 60
+    first = health._pinged(("database", "h", "1", "db"), ping)
+    second = health._pinged(("database", "h", "1", "db"), ping)
+    assert first == second == {"status": "down", "error": "OperationalError"} and len(calls) == 1
+    # another target has its own answer
+    health._pinged(("database", "h", "2", "db"), ping)
+    assert len(calls) == 2
+    # with no window, every request pings
+    settings.HEALTH_PING_SECONDS = 0
+    health._pinged(("database", "h", "1", "db"), ping)
+    assert len(calls) == 3
