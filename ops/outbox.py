@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # topic -> names of Celery tasks called with the event's payload as keyword arguments
 _SUBSCRIBERS: dict[str, list[str]] = {}
 RELAY_BATCH = 500
+# Up to this many events of one transaction are sent right after commit by the
+# committing process; more are handed to the relay task on a worker.
+DIRECT_PUBLISH_MAX = 50
 
 
 def subscribe(topic: str, task_name: str) -> None:
@@ -82,8 +85,19 @@ _pending = threading.local()
 
 def _publish_pending() -> None:
     ids = _pending.__dict__.pop("ids", None)
-    if ids:
-        _publish_ids(ids)
+    if not ids:
+        return
+    if len(ids) > DIRECT_PUBLISH_MAX:
+        # A bulk change (a sync chunk) hands its events to a worker's relay with one
+        # message, instead of sending each from this process, whose threads are busy.
+        from checkout.celery import app
+
+        try:
+            app.tasks["ops.outbox_relay"].apply_async()
+        except Exception as exc:  # broker down: the scheduled relay sends them later
+            log.warning("outbox: relay of %s events not requested: %s", len(ids), exc)
+        return
+    _publish_ids(ids)
 
 
 def _send(event: OutboxEvent, producer) -> None:

@@ -99,3 +99,21 @@ def test_add_many_stores_new_events_in_one_statement_and_skips_known_keys(
         "many:0", "many:1", "many:2", "many:3",
     ]
     assert sorted(p["n"] for p in RECEIVED) == [1, 2, 3]
+
+
+@pytest.mark.redis
+def test_a_bulk_change_hands_its_events_to_the_relay_with_one_message(
+        django_capture_on_commit_callbacks, celery_live, redis_client):
+    from ops.outbox import DIRECT_PUBLISH_MAX
+
+    # when one transaction announces more events than are sent directly
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            outbox_add_many(("tests.happened", {"n": n}, None) for n in range(DIRECT_PUBLISH_MAX + 1))
+    # then one message (the relay task) is queued, not one per event, and the events wait for it
+    assert redis_client.llen("default") == 1
+    assert OutboxEvent.objects.filter(published_at__isnull=True).count() == DIRECT_PUBLISH_MAX + 1
+    # when the relay runs (on a worker; here, in this process)
+    celery_live.conf.task_always_eager = True
+    assert outbox_relay() == DIRECT_PUBLISH_MAX + 1
+    assert sorted(p["n"] for p in RECEIVED) == list(range(DIRECT_PUBLISH_MAX + 1))
