@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 from django.template.defaultfilters import filesizeformat
 
 from ops.maintenance.backups import BackupError, backup_verify
-from ops.maintenance.models import Backup, DbSnapshot, HealthCheck
+from ops.maintenance.models import Backup, DbSnapshot, HealthCheck, JobRunTally
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -62,3 +62,10 @@ class HealthCheckAdmin(ReadOnlyAdmin):
     list_display = ("checked_at", "service", "status", "latency_ms")
     list_filter = ("service", "status")
     date_hierarchy = "checked_at"
+
+
+@admin.register(JobRunTally)
+class JobRunTallyAdmin(ReadOnlyAdmin):
+    list_display = ("job", "status", "runs", "finished", "duration_ms")
+    list_filter = ("status",)
+    search_fields = ("job",)

@@ -72,3 +72,23 @@ class DbSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"database snapshot {self.taken_at:%Y-%m-%d %H:%M}"
+
+
+class JobRunTally(models.Model):
+    """Job runs that db_cleanup pruned from the ledger, by job and status.
+
+    /metrics adds these to the ledger's own counts, so its job counters never go
+    down when old runs are pruned (Prometheus would read that as a reset).
+    """
+
+    job = models.CharField(max_length=64)
+    status = models.CharField(max_length=16)
+    runs = models.PositiveBigIntegerField(default=0)
+    finished = models.PositiveBigIntegerField(default=0)
+    duration_ms = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "status"], name="jobruntally_job_status_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.job} {self.status}: {self.runs} pruned runs"

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from ops import metrics as task_metrics
 from ops.maintenance import selectors
-from ops.maintenance.models import HealthCheck
+from ops.maintenance.models import HealthCheck, JobRunTally
 from ops.models import JobRun
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,25 @@ def _job_metrics():
         labels=["job"],
     )
     ledger = JobRun.objects.filter(dry_run=False)
-    by_job: dict[str, list] = {}
-    for job, status, n, total_ms, finished in (
+    # Runs still in the ledger plus those db_cleanup pruned, so the counters only grow.
+    counted: dict[tuple[str, str], list] = {}
+    live = (
         ledger.values_list("job", "status")
         .annotate(n=Count("pk"), total=Sum("duration_ms"), finished=Count("duration_ms"))
-        .order_by("job", "status")
-    ):
+        .order_by()
+    )
+    pruned = JobRunTally.objects.values_list("job", "status", "runs", "duration_ms", "finished")
+    for job, status, n, total_ms, finished in [*live, *pruned]:
+        acc = counted.setdefault((job, status), [0, 0, 0])
+        acc[0] += n
+        acc[1] += finished
+        acc[2] += (total_ms or 0) / 1000
+    by_job: dict[str, list] = {}
+    for (job, status), (n, finished, seconds) in sorted(counted.items()):
         runs.add_metric([job, status], n)
         acc = by_job.setdefault(job, [0, 0])
         acc[0] += finished
-        acc[1] += (total_ms or 0) / 1000
+        acc[1] += seconds
     for job, (count, seconds) in by_job.items():
         durations.add_metric([job], count_value=count, sum_value=seconds)
     for job, finished_at in (

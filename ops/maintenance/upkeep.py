@@ -10,10 +10,10 @@ from typing import Callable
 from django.apps import apps
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.models import Q
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
-from ops.maintenance.models import DbSnapshot
+from ops.maintenance.models import DbSnapshot, JobRunTally
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class Prune:
     age_setting: str
     field: str
     condition: Callable[[], Q] = Q
+    # Called with the rows about to be deleted, in the deleting transaction.
+    before_delete: Callable | None = None
 
     def queryset(self, now):
         model = apps.get_model(self.model)
@@ -91,12 +93,25 @@ class Prune:
         return model._default_manager.filter(self.condition(), **{f"{self.field}__lt": cutoff})
 
 
+def job_run_tally_add(runs) -> None:
+    """Fold job runs about to be pruned into JobRunTally (dry runs are not counted anywhere)."""
+    grouped = (
+        runs.filter(dry_run=False).order_by().values_list("job", "status")
+        .annotate(n=Count("pk"), finished=Count("duration_ms"), total=Sum("duration_ms"))
+    )
+    for job, status, n, finished, total in grouped:
+        added = {"runs": F("runs") + n, "finished": F("finished") + finished,
+                 "duration_ms": F("duration_ms") + (total or 0)}
+        if not JobRunTally.objects.filter(job=job, status=status).update(**added):
+            JobRunTally.objects.create(job=job, status=status, runs=n, finished=finished, duration_ms=total or 0)
+
+
 def _prunes() -> tuple[Prune, ...]:
     from ops.models import DeadLetter, JobRun
 
     return (
         Prune("job_runs", "ops.JobRun", "RETENTION_JOB_RUNS", "started_at",
-              lambda: ~Q(status=JobRun.Status.RUNNING)),
+              lambda: ~Q(status=JobRun.Status.RUNNING), before_delete=job_run_tally_add),
         Prune("task_results", "django_celery_results.TaskResult", "RETENTION_TASK_RESULTS", "date_done"),
         Prune("webhook_events", "payments.WebhookEvent", "RETENTION_WEBHOOK_EVENTS", "processed_at"),
         Prune("webhook_rejections", "payments.WebhookRejection", "RETENTION_WEBHOOK_EVENTS", "received_at"),
@@ -140,8 +155,14 @@ def database_cleanup(
                 break
             with transaction.atomic():
                 # Re-applies the age filter: a row touched since the id was read is kept.
+                doomed = queryset.filter(pk__in=ids)
+                if prune.before_delete is not None:
+                    doomed = queryset.model._default_manager.filter(
+                        pk__in=list(doomed.select_for_update().values_list("pk", flat=True))
+                    )
+                    prune.before_delete(doomed)
                 # Counted: rows of the pruned table itself, not the rows that cascade with them.
-                total += queryset.filter(pk__in=ids).delete()[1].get(queryset.model._meta.label, 0)
+                total += doomed.delete()[1].get(queryset.model._meta.label, 0)
             last_pk = ids[-1]
             if on_batch is not None:
                 on_batch(prune.name, total)

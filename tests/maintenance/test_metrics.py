@@ -60,6 +60,31 @@ def test_metrics_expose_jobs_tasks_queues_dead_letters_and_health(client, redis_
     assert all(v == 0 for (name, _), v in samples.items() if name == "checkout_scrape_errors")
 
 
+@pytest.mark.django_db
+def test_job_counters_never_go_down_when_old_runs_are_pruned(client, settings):
+    from ops.maintenance import upkeep
+
+    # given runs older than the ledger's retention, and one recent run
+    old = timezone.now() - settings.RETENTION_JOB_RUNS - timedelta(days=1)
+    for status, duration_ms in (("success", 1000), ("success", 2000), ("failed", 500)):
+        JobRun.objects.create(job="cart_cleanup", status=status, duration_ms=duration_ms,
+                              started_at=old, finished_at=old)
+    JobRun.objects.create(job="cart_cleanup", status="success", dry_run=True, duration_ms=1, started_at=old)
+    JobRun.objects.create(job="cart_cleanup", status="success", duration_ms=4000)
+    before = scrape(client)
+
+    # when db_cleanup prunes the old runs (in batches of two)
+    deleted, _ = upkeep.database_cleanup(batch=2)
+
+    # then the rows are gone but every job counter reads the same
+    assert deleted["job_runs"] == 4 and JobRun.objects.count() == 1
+    after = scrape(client)
+    job_samples = {k: v for k, v in before.items() if k[0].startswith("checkout_job_") and "last_success" not in k[0]}
+    assert job_samples and all(after[k] == v for k, v in job_samples.items())
+    assert after[("checkout_job_runs_total", (("job", "cart_cleanup"), ("status", "success")))] == 3
+    assert after[("checkout_job_duration_seconds_sum", (("job", "cart_cleanup"),))] == pytest.approx(7.5)
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_job_run_by_a_worker_process_is_counted(client, celery_worker_factory, celery_live):
