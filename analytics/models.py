@@ -8,8 +8,8 @@ from django.db import models
 from django.utils import timezone
 
 
-class ReportFigures(models.Model):
-    """The figures a daily and a weekly report share."""
+class FunnelFigures(models.Model):
+    """Counts and money of a period (or one internship's share of it), in `currency`."""
 
     currency = models.CharField(max_length=3)
     carts_created = models.PositiveIntegerField(default=0)
@@ -21,6 +21,14 @@ class ReportFigures(models.Model):
     enrollments_created = models.PositiveIntegerField(default=0)
     revenue_paise = models.BigIntegerField(default=0, help_text="Paid orders, in `currency`.")
     refunds_paise = models.BigIntegerField(default=0, help_text="Refunded to payments, in `currency`.")
+
+    class Meta:
+        abstract = True
+
+
+class ReportFigures(FunnelFigures):
+    """The figures a daily and a weekly report share."""
+
     average_order_value_paise = models.BigIntegerField(
         default=0, help_text="Revenue / paid orders in `currency`, rounded to the paisa."
     )
@@ -44,7 +52,7 @@ class DailyReport(ReportFigures):
         return f"daily report {self.date}"
 
 
-class DailyInternshipReport(models.Model):
+class DailyInternshipReport(FunnelFigures):
     """One internship's share of a daily report (one row per currency its orders used)."""
 
     report = models.ForeignKey(DailyReport, on_delete=models.CASCADE, related_name="internships")
@@ -53,16 +61,6 @@ class DailyInternshipReport(models.Model):
         "orders.Internship", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     title = models.CharField(max_length=200)
-    currency = models.CharField(max_length=3)
-    carts_created = models.PositiveIntegerField(default=0)
-    carts_abandoned = models.PositiveIntegerField(default=0)
-    carts_converted = models.PositiveIntegerField(default=0)
-    orders_created = models.PositiveIntegerField(default=0)
-    orders_paid = models.PositiveIntegerField(default=0)
-    orders_expired = models.PositiveIntegerField(default=0)
-    enrollments_created = models.PositiveIntegerField(default=0)
-    revenue_paise = models.BigIntegerField(default=0)
-    refunds_paise = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-revenue_paise", "title"]
