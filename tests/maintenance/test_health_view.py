@@ -189,3 +189,27 @@ def test_pings_are_reused_within_their_window_down_results_included(settings):
     settings.HEALTH_PING_SECONDS = 0
     health._pinged(("database", "h", "1", "db"), ping)
     assert len(calls) == 3
+
+
+def test_report_json_is_the_body_and_encodes_cron_jobs_once_per_object(monkeypatch):
+    import json as json_module
+
+    from ops.maintenance import health
+
+    health.clear_cache()
+    cron = {"cart_cleanup": {"last_run": "2026-11-29T06:00:00+00:00", "late": False}}
+    body = {"status": "healthy", "timestamp": "t", "services": {"database": {"status": "ok"}},
+            "cron_jobs": cron, "background_jobs": {"queues": None}}
+    assert json_module.loads(health.report_json(body)) == body
+    # the same cached object is not encoded again...
+    encodings = []
+    real_dumps = json_module.dumps
+    monkeypatch.setattr(health.json, "dumps", lambda value, **kw: encodings.append(value) or real_dumps(value, **kw))
+    health.report_json(body)
+    assert cron not in encodings
+    # ...a refreshed one is, and the answer follows it
+    fresh = {"cart_cleanup": {"last_run": None, "late": True}}
+    assert json_module.loads(health.report_json({**body, "cron_jobs": fresh}))["cron_jobs"] == fresh
+    # with the database down there are no cron jobs to show, and a body without them still encodes
+    assert json_module.loads(health.report_json({**body, "cron_jobs": None}))["cron_jobs"] is None
+    assert json_module.loads(health.report_json({"status": "unhealthy"})) == {"status": "unhealthy"}
