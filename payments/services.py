@@ -20,10 +20,11 @@ from itertools import repeat
 from typing import Callable, Iterable, Sequence
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Case, Count, F, Q, Sum, Value, When
+from django.db import transaction
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
+from ops.bulk import update_by_pk
 from ops.outbox import outbox_add_many
 from orders.models import Order, OrderStatus
 from payments import gateway
@@ -137,10 +138,6 @@ def plan(row: dict, gp: GatewayPayment | None) -> str:
     return ""
 
 
-def _case(values: dict[int, object], output_field: models.Field) -> Case:
-    return Case(*[When(pk=pk, then=Value(v)) for pk, v in values.items()], output_field=output_field)
-
-
 _LOCK_FIELDS = ("pk", "status", "order_id", "amount_paise", "currency", "refunded_paise", "mismatch")
 
 
@@ -196,10 +193,8 @@ def payment_apply_observations(
 def _apply_mismatch(group, rows, now, applied: Applied) -> None:
     if not group:
         return
-    Payment.objects.filter(pk__in=group).update(
-        mismatch=_case({pk: _mismatch(rows[pk], gp)[:255] for pk, gp in group.items()}, models.CharField()),
-        updated_at=now,
-    )
+    update_by_pk(Payment, {"mismatch": {pk: _mismatch(rows[pk], gp)[:255] for pk, gp in group.items()}},
+                 updated_at=now)
     for pk in group:
         log.warning("payment %s flagged: %s", pk, _mismatch(rows[pk], group[pk]))
     applied.counts["mismatched"] += len(group)
@@ -208,11 +203,11 @@ def _apply_mismatch(group, rows, now, applied: Applied) -> None:
 def _apply_captured(group, rows, now, applied: Applied) -> None:
     if not group:
         return
-    Payment.objects.filter(pk__in=group).update(
-        status=CAPTURED, captured_at=now, updated_at=now,
-        razorpay_payment_id=_case({pk: gp.id for pk, gp in group.items()}, models.CharField()),
-        refunded_paise=_case({pk: gp.amount_refunded for pk, gp in group.items()}, models.BigIntegerField()),
-        error_code="", error_description="",
+    update_by_pk(
+        Payment,
+        {"razorpay_payment_id": {pk: gp.id for pk, gp in group.items()},
+         "refunded_paise": {pk: gp.amount_refunded for pk, gp in group.items()}},
+        status=CAPTURED, captured_at=now, updated_at=now, error_code="", error_description="",
     )
     applied.counts["captured"] += len(group)
     applied.captured_paise += sum(gp.amount for gp in group.values())
@@ -232,7 +227,7 @@ def _apply_captured(group, rows, now, applied: Applied) -> None:
     stray = {pk: f"captured for order {rows[pk]['order_id']}, which was not payable: refund or honour by hand"
              for pk in group if rows[pk]["order_id"] not in payable}
     if stray:
-        Payment.objects.filter(pk__in=stray).update(mismatch=_case(stray, models.CharField()))
+        update_by_pk(Payment, {"mismatch": stray})
         for pk, text in stray.items():
             log.error("payment %s %s", pk, text)
         applied.counts["captured_unpayable"] += len(stray)
@@ -241,9 +236,9 @@ def _apply_captured(group, rows, now, applied: Applied) -> None:
 def _apply_authorized(group, now, applied: Applied, request_capture: bool) -> None:
     if not group:
         return
-    Payment.objects.filter(pk__in=group).update(
+    update_by_pk(
+        Payment, {"razorpay_payment_id": {pk: gp.id for pk, gp in group.items()}},
         status=AUTHORIZED, authorized_at=now, updated_at=now, error_code="", error_description="",
-        razorpay_payment_id=_case({pk: gp.id for pk, gp in group.items()}, models.CharField()),
     )
     applied.counts["authorized"] += len(group)
     if request_capture:
@@ -257,11 +252,12 @@ def _apply_authorized(group, now, applied: Applied, request_capture: bool) -> No
 def _apply_failed(group, rows, now, applied: Applied) -> None:
     if not group:
         return
-    Payment.objects.filter(pk__in=group).update(
+    update_by_pk(
+        Payment,
+        {"razorpay_payment_id": {pk: gp.id for pk, gp in group.items()},
+         "error_code": {pk: gp.error_code for pk, gp in group.items()},
+         "error_description": {pk: gp.error_description for pk, gp in group.items()}},
         status=FAILED, updated_at=now,
-        razorpay_payment_id=_case({pk: gp.id for pk, gp in group.items()}, models.CharField()),
-        error_code=_case({pk: gp.error_code for pk, gp in group.items()}, models.CharField()),
-        error_description=_case({pk: gp.error_description for pk, gp in group.items()}, models.CharField()),
     )
     outbox_add_many(
         ("payment.failed", {"payment_id": pk, "order_id": rows[pk]["order_id"]},
@@ -281,10 +277,9 @@ def _apply_refunded(group, rows, now, applied: Applied) -> None:
     if not group:
         return
     amounts = _refund_updates(group, rows)
-    Payment.objects.filter(pk__in=group).update(
+    update_by_pk(
+        Payment, {"razorpay_payment_id": {pk: gp.id for pk, gp in group.items()}, "refunded_paise": amounts},
         status=REFUNDED, refunded_at=now, updated_at=now,
-        razorpay_payment_id=_case({pk: gp.id for pk, gp in group.items()}, models.CharField()),
-        refunded_paise=_case(amounts, models.BigIntegerField()),
     )
     applied.counts["refunded"] += len(group)
     refunded_orders = [rows[pk]["order_id"] for pk, gp in group.items() if rows[pk]["status"] == CAPTURED]
@@ -297,10 +292,7 @@ def _apply_refunded(group, rows, now, applied: Applied) -> None:
 def _apply_refund_progress(group, rows, now, applied: Applied) -> None:
     if not group:
         return
-    Payment.objects.filter(pk__in=group).update(
-        refunded_paise=_case(_refund_updates(group, rows), models.BigIntegerField()),
-        refunded_at=now, updated_at=now,
-    )
+    update_by_pk(Payment, {"refunded_paise": _refund_updates(group, rows)}, refunded_at=now, updated_at=now)
     applied.counts["partially_refunded"] += len(group)
 
 
