@@ -6,10 +6,11 @@ from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, StreamingHttpResponse
 
+from checkout.admin import ReadOnlyAdmin, ReadOnlyInline
 from analytics.charts import build_chart
 from analytics.models import DailyCounter, DailyInternshipReport, DailyReport, WeeklyReport
 from analytics.selectors import daily_series, weekly_series
-from ops.runner import local_today
+from checkout.timezones import local_today
 
 CHART_RANGES = (30, 90)
 RANGE_PARAM = "range"
@@ -18,19 +19,6 @@ RANGE_PARAM = "range"
 class _Echo:
     def write(self, value):
         return value
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Reports are written by the jobs only; people read and export them."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class ReportAdmin(ReadOnlyAdmin):
@@ -83,16 +71,10 @@ FIGURE_FIELDS = (
 )
 
 
-class DailyInternshipInline(admin.TabularInline):
+class DailyInternshipInline(ReadOnlyInline):
     model = DailyInternshipReport
-    extra = 0
-    can_delete = False
     fields = ("title", "currency", "carts_created", "carts_abandoned", "carts_converted", "orders_created",
               "orders_paid", "orders_expired", "enrollments_created", "revenue_paise", "refunds_paise")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(DailyReport)

@@ -3,6 +3,3 @@ from django.apps import AppConfig
 
 class AnalyticsConfig(AppConfig):
     name = "analytics"
-
-    def ready(self) -> None:
-        from analytics import receivers  # noqa: F401  (connects the job-run receiver)

@@ -8,23 +8,19 @@ from analytics.services import (
     week_before,
     weekly_report_build,
 )
-from ops.registry import job
-from ops.runner import JobContext, JobError, local_today
-
-
-def _param_date(ctx: JobContext, name: str) -> date:
-    try:
-        return date.fromisoformat(str(ctx.params[name]))
-    except ValueError:
-        raise JobError(f"{name} must be a date as YYYY-MM-DD, not {ctx.params[name]!r}") from None
+from ops.runtime import params
+from ops.runtime.registry import job
+from checkout.timezones import local_today
+from ops.runtime.context import JobContext
+from ops.runtime.errors import JobError
 
 
 def report_days(ctx: JobContext) -> tuple[date, date]:
     """[start, end) to report: params from/to (inclusive), else ctx.date, else yesterday."""
-    if "from" in ctx.params or "to" in ctx.params:
-        if not ("from" in ctx.params and "to" in ctx.params):
+    first, last = ctx.params["from"], ctx.params["to"]
+    if first is not None or last is not None:
+        if first is None or last is None:
             raise JobError("a range needs both from and to")
-        first, last = _param_date(ctx, "from"), _param_date(ctx, "to")
         if last < first:
             raise JobError(f"from {first} is after to {last}")
     else:
@@ -35,7 +31,8 @@ def report_days(ctx: JobContext) -> tuple[date, date]:
     return first, last + timedelta(days=1)
 
 
-@job("daily_analytics", queue="default", accepts_date=True, time_limit=timedelta(minutes=30))
+@job("daily_analytics", queue="default", accepts_date=True, time_limit=timedelta(minutes=30),
+     params={"from": params.day(), "to": params.day()})
 def daily_analytics(ctx: JobContext) -> dict:
     """Daily report (yesterday by default): carts, orders, enrollments, revenue, conversion."""
     start, end = report_days(ctx)

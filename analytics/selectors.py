@@ -20,7 +20,7 @@ from django.db.models.functions import TruncDate
 
 from analytics.models import DailyReport, WeeklyReport
 from carts.selectors import cart_counts_by_day
-from ops.runner import local_day_bounds, local_zone
+from checkout.timezones import local_day_bounds, local_zone
 from orders.models import Enrollment, Internship, Order
 from payments.models import Payment
 

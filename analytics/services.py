@@ -20,7 +20,7 @@ from analytics.selectors import (
     rollup,
     totals,
 )
-from ops.runner import local_today
+from checkout.timezones import local_today
 
 # Days rolled up per round of queries in a backfill: bounds the memory a round holds
 # (days x internships x currencies lines) while keeping the query count per day tiny.

@@ -4,7 +4,7 @@ from datetime import date
 from django.db import DatabaseError
 
 from analytics.services import counters_track
-from ops.tasks import background_task
+from ops.runtime.tasks import background_task
 
 
 @background_task("analytics_track", queue="default", max_retries=5, retry_on=(DatabaseError,))

@@ -166,7 +166,7 @@ def best_of(repeat: int, func) -> float:
 
 def hand_written_day(cursor, day: date) -> None:
     """The daily report's aggregates as one would write them in SQL for one local day."""
-    from ops.runner import local_day_bounds
+    from checkout.timezones import local_day_bounds
 
     lo, hi = local_day_bounds(day)
     p = {"lo": lo, "hi": hi, "day": day}
@@ -208,7 +208,7 @@ def one_rollup(cursor, start: date, end: date) -> None:
     """One grouped query per table over the whole range, grouped by local date in SQL."""
     from django.conf import settings
 
-    from ops.runner import local_day_bounds
+    from checkout.timezones import local_day_bounds
 
     p = {"lo": local_day_bounds(start)[0], "hi": local_day_bounds(end)[0], "tz": settings.CHECKOUT_TIME_ZONE,
          "start": start, "end": end}

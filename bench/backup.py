@@ -67,7 +67,7 @@ def main() -> None:
         django.setup()
         from ops.maintenance.backups import pg_client_env, pg_dump_command
         from ops.maintenance.models import Backup
-        from ops.runner import run_job
+        from ops.runtime.runner import run_job
 
         bare_times, job_times = [], []
         for round_no in range(args.rounds):

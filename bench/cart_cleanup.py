@@ -147,7 +147,7 @@ def run_job_here() -> None:
     import django
 
     django.setup()
-    from ops.runner import run_job
+    from ops.runtime.runner import run_job
 
     # ru_maxrss is the whole process's peak, start-up included; the resident set sampled
     # after every batch shows what the job itself adds on top.

@@ -26,7 +26,7 @@ import requests  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from payments import gateway  # noqa: E402
-from payments.fake_gateway import FakeRazorpay  # noqa: E402
+from ops.demo.fake_gateway import FakeRazorpay  # noqa: E402
 
 
 def run_threads(concurrency: int, calls: int, work) -> float:

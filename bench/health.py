@@ -50,8 +50,8 @@ def seed(env: dict, runs: int) -> None:
 import django; django.setup()
 from datetime import timedelta
 from django.utils import timezone
-from ops.models import JobRun
-from ops.registry import all_jobs
+from ops.runtime.models import JobRun
+from ops.runtime.registry import all_jobs
 from ops.maintenance.services import health_record
 now = timezone.now(); jobs = list(all_jobs())
 JobRun.objects.bulk_create([

@@ -49,7 +49,7 @@ def gateway_status(i: int) -> str | None:
 
 
 def serve_fake(n: int, latency_ms: float, conn, stop) -> None:
-    from payments.fake_gateway import FakeRazorpay
+    from ops.demo.fake_gateway import FakeRazorpay
 
     fake = FakeRazorpay("rzp_test_bench", "bench-secret", seed=7)
     for i in range(n):
@@ -143,7 +143,8 @@ def main() -> None:
     from django.db import connections
     from django.db.backends.signals import connection_created
 
-    from payments import gateway, services
+    from payments import gateway
+    from payments.services.settle import payment_sync_pending
 
     settings.RAZORPAY_BASE_URL = base_url
     settings.RAZORPAY_RATE_LIMIT = args.rate_limit
@@ -183,7 +184,7 @@ def main() -> None:
             queries = 0
             counting.set()
             started = time.perf_counter()
-            counts = services.payment_sync_pending(concurrency=concurrency)
+            counts = payment_sync_pending(concurrency=concurrency)
             elapsed = time.perf_counter() - started
             counting.clear()
             rate = counts["seen"] / elapsed

@@ -88,7 +88,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     from checkout.celery import app
     from checkout.redis import get_redis
-    from ops.tasks import enqueue_job
+    from ops.runtime.dispatch import enqueue_job
 
     get_redis().flushdb()  # an empty broker: nothing but our tasks in the queue
     bare = app.tasks["bench.noop"]

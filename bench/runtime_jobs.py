@@ -3,7 +3,7 @@
 Imported by the bench and by its worker through CHECKOUT_EXTRA_JOB_MODULES=bench.runtime_jobs.
 """
 from checkout.celery import app
-from ops.registry import job
+from ops.runtime.registry import job
 
 
 @job("bench_noop", queue="default")

@@ -24,7 +24,7 @@ django.setup()
 from django.db import connection, transaction  # noqa: E402
 
 from carts.models import Cart  # noqa: E402
-from ops.demo_data import SeedPlan, demo_data_seed, peak_rss_mb  # noqa: E402
+from ops.demo.data import SeedPlan, demo_data_seed, peak_rss_mb  # noqa: E402
 from orders.models import Enrollment, Order  # noqa: E402
 from payments.models import Payment  # noqa: E402
 

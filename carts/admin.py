@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from checkout.admin import ReadOnlyAdmin, ReadOnlyInline
 from carts.models import Cart, CartDayTally, CartSnapshot, CartSnapshotLine, PendingCacheDelete
 
 
@@ -14,25 +15,9 @@ class CartAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Statistics written by cart_cleanup: for reading, not editing."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
-class CartSnapshotLineInline(admin.TabularInline):
+class CartSnapshotLineInline(ReadOnlyInline):
     model = CartSnapshotLine
     fields = ("internship", "active", "abandoned", "converted", "deleted", "flagged")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(CartSnapshot)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
@@ -14,7 +12,6 @@ from kombu.exceptions import OperationalError as BrokerError
 from carts.selectors import cart_cleanup_preview, pending_cache_delete_count
 from carts.services import (
     BATCH_SIZE,
-    BatchProgress,
     CacheKeyRemover,
     cart_flag_abandoned,
     cart_purge_expired,
@@ -22,8 +19,10 @@ from carts.services import (
     pending_cache_delete_flush,
 )
 from carts.tasks import cache_cleanup
-from ops.registry import job
-from ops.runner import JobContext, JobError
+from ops.runtime import params
+from ops.runtime.batches import BatchProgress
+from ops.runtime.context import JobContext
+from ops.runtime.registry import job
 
 log = logging.getLogger(__name__)
 
@@ -31,45 +30,10 @@ TIME_LIMIT = timedelta(minutes=14)
 # Work stops after this and continues in a follow-up chunk, well inside the time
 # limit and the 15-minute schedule; each chunk resumes from the primary key reached.
 TIME_BUDGET = 600.0
-# A backlog larger than this many chunks is left to the next scheduled run.
+# A backlog larger than this many chunks is left to the next scheduled run (the runtime's cap).
 MAX_CHUNKS = 48
 CACHE_CLEANUP_DELAY = 60
 STEPS = ("expire", "abandon")
-
-
-@dataclass(frozen=True)
-class Options:
-    step: str = "expire"
-    after_id: int = 0
-    chunk: int = 0
-    batch_size: int = BATCH_SIZE
-    time_budget: float = TIME_BUDGET
-
-    @classmethod
-    def from_params(cls, params: dict) -> Options:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise JobError(f"unknown parameter(s) for cart_cleanup: {', '.join(sorted(unknown))}")
-        step = params.get("step", cls.step)
-        if step not in STEPS:
-            raise JobError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
-        return cls(
-            step=step,
-            after_id=_number(params, "after_id", cls.after_id, int, 0, None),
-            chunk=_number(params, "chunk", cls.chunk, int, 0, None),
-            batch_size=_number(params, "batch_size", cls.batch_size, int, 1, 100_000),
-            time_budget=_number(params, "time_budget", cls.time_budget, float, 0, TIME_LIMIT.total_seconds() - 60),
-        )
-
-
-def _number(params: dict, name: str, default, kind, low, high):
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise JobError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise JobError(f"{name} must be {bounds}, not {value}")
-    return kind(value)
 
 
 def _flush_cache_backlog() -> int:
@@ -87,10 +51,15 @@ def _enqueue_cache_cleanup() -> None:
         log.warning("cache_cleanup not queued: %s", exc)
 
 
-@job("cart_cleanup", queue="default", time_limit=TIME_LIMIT)
+@job("cart_cleanup", queue="default", time_limit=TIME_LIMIT, max_chunks=MAX_CHUNKS, params={
+    "step": params.choice("expire", STEPS),
+    "after_id": params.integer(0, low=0),
+    "batch_size": params.integer(BATCH_SIZE, low=1, high=100_000),
+    "time_budget": params.number(TIME_BUDGET, low=0, high=TIME_LIMIT.total_seconds() - 60),
+})
 def cart_cleanup(ctx: JobContext) -> dict:
     """Delete expired carts with their cache keys, flag abandoned carts, record cart statistics."""
-    options = Options.from_params(ctx.params)
+    options = ctx.params
     now = timezone.now()
     expire_cutoff = now - settings.CART_TTL
     idle_cutoff = now - settings.CART_ABANDON_AFTER
@@ -102,44 +71,41 @@ def cart_cleanup(ctx: JobContext) -> dict:
         return {**preview, "cache_keys_pending": pending_cache_delete_count()}
 
     ctx.add("cache_keys_flushed", _flush_cache_backlog())
-    deadline = time.monotonic() + options.time_budget
+    deadline = ctx.deadline(options["time_budget"])
     cache = CacheKeyRemover()
     expired = BatchProgress(done=True)
-    if options.step == "expire":
+    if options["step"] == "expire":
         expired = cart_purge_expired(
-            cutoff=expire_cutoff, batch_size=options.batch_size, after_id=options.after_id,
+            cutoff=expire_cutoff, batch_size=options["batch_size"], after_id=options["after_id"],
             deadline=deadline, cache=cache, on_batch=lambda p: ctx.progress(p.rows, None, "expired carts deleted"),
         )
     flagged = BatchProgress()
     if expired.done:
         flagged = cart_flag_abandoned(
-            idle_cutoff=idle_cutoff, now=now, batch_size=options.batch_size,
-            after_id=options.after_id if options.step == "abandon" else 0, deadline=deadline,
+            idle_cutoff=idle_cutoff, now=now, batch_size=options["batch_size"],
+            after_id=options["after_id"] if options["step"] == "abandon" else 0, deadline=deadline,
             on_batch=lambda p: ctx.progress(p.rows, None, "carts flagged abandoned"),
         )
     ctx.add("deleted", expired.rows)
     ctx.add("flagged_abandoned", flagged.rows)
     ctx.add("cache_keys_stored", cache.stored)
 
-    snapshot = cart_snapshot_record(run=ctx.run, deleted=expired.by_internship, flagged=flagged.by_internship)
+    snapshot = cart_snapshot_record(run=ctx.run, deleted=expired.tally, flagged=flagged.tally)
     if snapshot.cache_keys_pending:
         _enqueue_cache_cleanup()
 
     unfinished = not (expired.done and flagged.done)
-    if unfinished and options.chunk + 1 < MAX_CHUNKS:
+    if unfinished:
         resume = ("expire", expired.after_id) if not expired.done else ("abandon", flagged.after_id)
         ctx.continue_later(
-            step=resume[0], after_id=resume[1], chunk=options.chunk + 1,
-            batch_size=options.batch_size, time_budget=options.time_budget,
+            step=resume[0], after_id=resume[1], batch_size=options["batch_size"],
+            time_budget=options["time_budget"],
         )
-    elif unfinished:
-        log.warning("cart_cleanup: backlog left after %s chunks, the next scheduled run goes on", MAX_CHUNKS)
     return {
         "deleted": expired.rows,
         "flagged_abandoned": flagged.rows,
         "batches": expired.batches + flagged.batches,
         "finished": not unfinished,
-        "chunk": options.chunk,
         "snapshot_id": snapshot.pk,
         "live": {"active": snapshot.active, "abandoned": snapshot.abandoned, "converted": snapshot.converted},
         "cache_keys_pending": snapshot.cache_keys_pending,

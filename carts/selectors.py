@@ -8,7 +8,7 @@ from django.db.models import Count
 from django.db.models.functions import TruncDate
 
 from carts.models import Cart, CartDayTally, CartSnapshot, CartStatus, PendingCacheDelete
-from ops.runner import local_day_bounds, local_zone
+from checkout.timezones import local_day_bounds, local_zone
 from orders.models import Order
 
 COUNT_KEYS = ("created", "abandoned", "converted")

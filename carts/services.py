@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -37,7 +35,9 @@ from carts.selectors import (
     next_batch_end,
     pending_cache_delete_count,
 )
+from checkout.db import is_postgres, skip_commit_flush
 from checkout.redis import get_redis
+from ops.runtime.batches import Batch, BatchProgress, run_batches
 from orders.models import Internship
 
 log = logging.getLogger(__name__)
@@ -170,17 +170,6 @@ def pending_cache_delete_flush(*, batch_size: int = BATCH_SIZE) -> int:
 
 # --- cleanup ------------------------------------------------------------------
 
-@dataclass
-class BatchProgress:
-    """What a batched cleanup step did; `after_id` is where a follow-up chunk resumes."""
-
-    rows: int = 0
-    batches: int = 0
-    after_id: int = 0
-    done: bool = False
-    by_internship: Counter = field(default_factory=Counter)
-
-
 def _quoted(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
@@ -232,11 +221,11 @@ def cart_expire_batch(*, after_id: int, upto_id: int, cutoff: datetime) -> list[
     upsert, upsert_params = _tally_upsert_sql()
     columns = "token, internship_id, created_at, abandoned_at"
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Don't wait for the WAL flush at each batch's commit: a batch lost to a
-            # server crash comes back whole (carts and tally together) and the next
-            # run deletes it again; its cache keys being gone already is harmless.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        # Don't wait for the WAL flush at each batch's commit: a batch lost to a
+        # server crash comes back whole (carts and tally together) and the next
+        # run deletes it again; its cache keys being gone already is harmless.
+        skip_commit_flush(cursor)
+        if is_postgres():
             # One statement: the tally sees exactly the rows this DELETE removed.
             cursor.execute(
                 f"WITH gone AS (DELETE FROM {cart} WHERE {where} RETURNING {columns}),"
@@ -268,37 +257,21 @@ def cart_abandon_batch(*, after_id: int, upto_id: int, idle_cutoff: datetime, no
         return [internship_id for (internship_id,) in cursor.fetchall()]
 
 
-def _batched(
-    where: tuple[str, list], apply, *, after_id: int, batch_size: int, deadline: float | None, on_batch,
-) -> BatchProgress:
-    """Walk the carts matching `where` by primary key, `apply(after_id, upto_id)` per batch.
+def _batched(where: tuple[str, list], apply, *, after_id: int, batch_size: int, deadline: float | None,
+             on_batch) -> BatchProgress:
+    """Walk the carts matching `where` by primary key, `apply(after_id, upto_id)` per batch (its internship ids)."""
 
-    Stops when nothing matches past the cursor (done) or, after at least one
-    batch, when the monotonic `deadline` has passed (resume from `after_id`).
-    """
-    progress = BatchProgress(after_id=after_id)
-    while True:
-        upto_id = next_batch_end(where, after_id=progress.after_id, size=batch_size)
+    def step(lo: int) -> Batch:
+        upto_id = next_batch_end(where, after_id=lo, size=batch_size)
         if upto_id is None:
-            progress.done = True
-            return progress
-        try:
-            with transaction.atomic():
-                internship_ids = apply(progress.after_id, upto_id)
-        except IntegrityError:
-            # An order placed on a cart of this batch committed after the DELETE's
-            # snapshot was taken, and the foreign key check refused the delete. Run
-            # the batch again: its new snapshot sees the order and keeps the cart.
-            with transaction.atomic():
-                internship_ids = apply(progress.after_id, upto_id)
-        progress.after_id = upto_id
-        progress.rows += len(internship_ids)
-        progress.batches += 1
-        progress.by_internship.update(internship_ids)
-        if on_batch is not None:
-            on_batch(progress)
-        if deadline is not None and time.monotonic() >= deadline:
-            return progress
+            return Batch(0, None)
+        internship_ids = apply(lo, upto_id)
+        return Batch(len(internship_ids), upto_id, tally=Counter(internship_ids))
+
+    # An order placed on a cart of a batch can commit after the DELETE's snapshot was
+    # taken, and the foreign key check then refuses the delete: the batch runs again,
+    # and its new snapshot sees the order and keeps the cart.
+    return run_batches(step, after_id=after_id, deadline=deadline, on_batch=on_batch, redo_on_conflict=True)
 
 
 def cart_purge_expired(

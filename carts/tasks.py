@@ -2,7 +2,7 @@
 import redis
 
 from carts.services import pending_cache_delete_flush
-from ops.tasks import background_task
+from ops.runtime.tasks import background_task
 
 
 # Redis outages last minutes: ten retries with a five-minute cap ride one out; after

@@ -22,8 +22,8 @@ app.conf.update(
     accept_content=["json"],
     task_queues=[Queue(name) for name in QUEUES],
     task_default_queue="default",
-    # Each task's queue is declared with the task (ops.tasks.background_task, @job).
-    task_routes=("ops.tasks.route_task",),
+    # Each task's queue is declared with the task (ops.runtime.tasks.background_task, @job).
+    task_routes=("ops.runtime.dispatch.route_task",),
     # A task is acknowledged after it finishes, and given back to the queue when
     # the worker running it dies, so a killed worker loses nothing.
     task_acks_late=True,

@@ -38,8 +38,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "django_celery_results",
-    "ops",
+    "ops.runtime",
     "ops.maintenance",
+    "ops.demo",
     "carts",
     "orders",
     "payments",
@@ -150,7 +151,7 @@ CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_CACHE_BACKEND = "default"
 CELERY_TIMEZONE = CHECKOUT_TIME_ZONE
-CELERY_BEAT_SCHEDULER = "ops.scheduler:CatchUpScheduler"
+CELERY_BEAT_SCHEDULER = "ops.runtime.scheduler:CatchUpScheduler"
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 
 # --- domain -------------------------------------------------------------------
@@ -224,7 +225,7 @@ CHECKOUT_EXTRA_JOB_MODULES = env_list("CHECKOUT_EXTRA_JOB_MODULES", [])
 ALERT_FAILURE_RATIO = env_float("ALERT_FAILURE_RATIO", 0.5)
 ALERT_WINDOW = env_duration("ALERT_WINDOW", timedelta(hours=6))
 ALERT_MIN_RUNS = env_int("ALERT_MIN_RUNS", 2, minimum=1)
-ALERT_BACKENDS = env_list("ALERT_BACKENDS", ["ops.alerts.LogBackend", "ops.alerts.EmailBackend"])
+ALERT_BACKENDS = env_list("ALERT_BACKENDS", ["ops.runtime.alerts.LogBackend", "ops.runtime.alerts.EmailBackend"])
 
 # --- static, security ---------------------------------------------------------
 STATIC_URL = "static/"

@@ -4,6 +4,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", include("ops.urls")),
+    path("", include("ops.maintenance.urls")),
     path("payments/", include("payments.urls")),
 ]

@@ -3,8 +3,8 @@ from smtplib import SMTPException
 
 from django.db import DatabaseError
 
-from ops.outbox import subscribe
-from ops.tasks import background_task
+from ops.runtime.outbox import subscribe
+from ops.runtime.tasks import background_task
 from orders import services
 
 
@@ -31,6 +31,7 @@ def email_send(email_id: int) -> str:
 
 
 subscribe("order.paid", "enrollment_create")
+subscribe("enrollment.missing", "enrollment_create")
 subscribe("enrollment.created", "notification_send")
 subscribe("order.expired", "notification_send")
 subscribe("email.queued", "email_send")

@@ -1,19 +1,9 @@
 from django.contrib import admin
 
+from checkout.admin import ReadOnlyAdmin
+
+from orders.services import format_money
 from payments.models import Payment, PaymentReport, WebhookEvent, WebhookRejection
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows that mirror the gateway are changed by the jobs, never by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Payment)
@@ -57,6 +47,4 @@ class PaymentReportAdmin(ReadOnlyAdmin):
 
 
 def _amounts(report: PaymentReport, key: str) -> str:
-    from orders.services import format_money
-
     return ", ".join(format_money(v[key], currency) for currency, v in sorted(report.amounts.items())) or "-"

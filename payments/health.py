@@ -1,4 +1,6 @@
-"""Is the Razorpay API reachable with our credentials, and how fast: the payment_gateway health result.
+"""Health of the payment side: the Razorpay API (payment_gateway) and the webhook pipeline (webhooks).
+
+Is the Razorpay API reachable with our credentials, and how fast:
 
 The probe fetches an order id that never exists. Razorpay answers it only after checking
 the credentials, so "does not exist" (400) means reachable and authenticated, 401 means bad
@@ -13,12 +15,24 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-from django.conf import settings
+from datetime import timedelta
 
+from django.conf import settings
+from django.db.models import Count, Max, Min, Q
+from django.utils import timezone
+
+from ops.maintenance.models import HealthCheck
 from ops.maintenance.services import health_record
 from payments import gateway
+from payments.models import WebhookEvent, WebhookRejection
 
 SERVICE = "payment_gateway"
+WEBHOOKS_SERVICE = "webhooks"
+# Webhooks: unprocessed events older than this are a backlog, not work in progress.
+WEBHOOK_BACKLOG_AGE = timedelta(minutes=5)
+WEBHOOK_BACKLOG_MAX = 100
+WEBHOOK_REJECTION_WINDOW = timedelta(hours=1)
+WEBHOOK_REJECTIONS_MAX = 10
 PROBE_ORDER_ID = "order_healthprobe00000"
 
 
@@ -54,3 +68,35 @@ def gateway_health_record(*, dry_run: bool = False) -> dict:
     if not dry_run:
         health_record(service=SERVICE, **result)
     return result
+
+
+def webhooks_check() -> HealthCheck:
+    """The Razorpay webhook pipeline: last event age, unprocessed backlog, signature failures."""
+    started = time.monotonic()
+    now = timezone.now()
+    events = WebhookEvent.objects.aggregate(
+        last=Max("received_at"),
+        backlog=Count("pk", filter=Q(processed_at__isnull=True, received_at__lt=now - WEBHOOK_BACKLOG_AGE)),
+        oldest_unprocessed=Min("received_at", filter=Q(processed_at__isnull=True)),
+    )
+    rejections = dict(
+        WebhookRejection.objects.filter(received_at__gte=now - WEBHOOK_REJECTION_WINDOW)
+        .values_list("reason").annotate(n=Count("pk")).order_by()
+    )
+    rejected = sum(rejections.values())
+    problems = []
+    if events["backlog"] > WEBHOOK_BACKLOG_MAX:
+        problems.append(f"{events['backlog']} events unprocessed for over {WEBHOOK_BACKLOG_AGE}")
+    if rejected >= WEBHOOK_REJECTIONS_MAX:
+        problems.append(f"{rejected} deliveries rejected in the last {WEBHOOK_REJECTION_WINDOW}")
+    last, oldest = events["last"], events["oldest_unprocessed"]
+    return health_record(
+        service=WEBHOOKS_SERVICE, status="degraded" if problems else "ok", latency_ms=round((time.monotonic() - started) * 1000, 2),
+        detail={
+            "last_event_age_s": round((now - last).total_seconds()) if last else None,
+            "backlog": events["backlog"],
+            "oldest_unprocessed_age_s": round((now - oldest).total_seconds()) if oldest else None,
+            "rejections_last_hour": rejections,
+            "problems": problems,
+        },
+    )

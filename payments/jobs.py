@@ -1,19 +1,23 @@
-"""Scheduled jobs of the payments app."""
+"""Scheduled jobs of the payments app: payment_sync, order_cleanup, and the payment side's health."""
 from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
-import payments.tasks  # noqa: F401  (registers the payment tasks and their outbox subscriptions)
-from ops.outbox import outbox_relay
-from ops.registry import job
-from ops.runner import JobContext, JobError
-from orders.jobs import positive_int_param
+from ops.runtime import params
+from ops.runtime.context import JobContext
+from ops.runtime.errors import JobError, JobSkipped
+from ops.runtime.outbox import outbox_relay
+from ops.runtime.registry import job
 from orders.services import enrollment_heal_missing
-from payments import services as sync_services
-from payments.health import gateway_health_record
+from payments.health import gateway_health_record, webhooks_check
+from payments.services.order_cleanup import BATCH, order_cleanup_overdue
+from payments.services.reports import payment_report_write
+from payments.services.settle import payment_sync_pending
 
 SYNC_CONCURRENCY = 8
+# Threads calling the gateway at once; the shared rate limit (RAZORPAY_RATE_LIMIT) still applies.
+MAX_CONCURRENCY = 64
 
 
 @job("payment_gateway_health", queue="default", time_limit=timedelta(minutes=2))
@@ -24,17 +28,27 @@ def payment_gateway_health(ctx: JobContext) -> dict:
     return result
 
 
-@job("payment_sync", queue="default", time_limit=timedelta(minutes=25))
+@job("webhook_health", queue="default", time_limit=timedelta(minutes=5))
+def webhook_health(ctx: JobContext) -> dict:
+    """Is the Razorpay webhook pipeline alive: last event age, backlog, signature failures."""
+    if ctx.dry_run:
+        raise JobSkipped("a health check stores its result; nothing to preview")
+    check = webhooks_check()
+    return {"service": check.service, "status": check.status, "latency_ms": check.latency_ms, **check.detail}
+
+
+@job("payment_sync", queue="default", time_limit=timedelta(minutes=25), params={
+    "concurrency": params.integer(SYNC_CONCURRENCY, low=1, high=MAX_CONCURRENCY),
+})
 def payment_sync(ctx: JobContext) -> dict:
     """Reconcile pending payments with Razorpay, heal missing enrollments, write the period's payment report."""
     if not settings.RAZORPAY_KEY_ID or not settings.RAZORPAY_KEY_SECRET:
         raise JobError("RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET are not set: no payment can be reconciled")
-    concurrency = positive_int_param(ctx, "concurrency", SYNC_CONCURRENCY)
     started = timezone.now()
     # Events a broker outage left unpublished go first: they are older than anything found now.
     relayed = 0 if ctx.dry_run else outbox_relay()
-    counts = sync_services.payment_sync_pending(
-        dry_run=ctx.dry_run, concurrency=concurrency, now=started, on_progress=ctx.progress,
+    counts = payment_sync_pending(
+        dry_run=ctx.dry_run, concurrency=ctx.params["concurrency"], now=started, on_progress=ctx.progress,
     )
     counts["outbox_relayed"] = relayed
     counts["enrollments_healed"] = enrollment_heal_missing(now=started, dry_run=ctx.dry_run)
@@ -42,8 +56,20 @@ def payment_sync(ctx: JobContext) -> dict:
         ctx.add(key, n)
     if ctx.dry_run:
         return {"dry_run": True, **counts}
-    report = sync_services.payment_report_write(
-        period_end=timezone.now(), sync_counts=counts, job_run_id=ctx.run.pk,
-    )
+    report = payment_report_write(period_end=timezone.now(), sync_counts=counts, job_run_id=ctx.run.pk)
     return {"report_id": report.pk, "counts_by_status": report.counts_by_status, "amounts": report.amounts,
             "top_failure_reasons": report.top_failure_reasons, **counts}
+
+
+@job("order_cleanup", queue="default", time_limit=timedelta(minutes=50), params={
+    "concurrency": params.integer(4, low=1, high=MAX_CONCURRENCY),
+    "batch_size": params.integer(BATCH, low=1, high=10_000),
+})
+def order_cleanup(ctx: JobContext) -> dict:
+    """Orders pending past ORDER_TTL: release their payments, expire them (email once), close orphans."""
+    counts = order_cleanup_overdue(
+        dry_run=ctx.dry_run, concurrency=ctx.params["concurrency"], batch_size=ctx.params["batch_size"],
+    )
+    for key, n in counts.items():
+        ctx.add(key, n)
+    return {"dry_run": ctx.dry_run, **counts}

@@ -1,9 +1,10 @@
 """Celery tasks of the payments app: capture retries and webhook event processing (queue high)."""
 from django.db import DatabaseError
 
-from ops.outbox import subscribe
-from ops.tasks import background_task
-from payments import services
+from ops.runtime.outbox import subscribe
+from ops.runtime.tasks import background_task
+from payments.services.capture import payment_settle_authorized
+from payments.webhooks import webhook_event_apply
 from payments.gateway import GatewayRateLimited, GatewayUnavailable
 
 
@@ -15,13 +16,13 @@ from payments.gateway import GatewayRateLimited, GatewayUnavailable
 )
 def payment_retry(payment_id: int) -> str:
     """Capture (or, when its order can no longer be bought, refund) one authorized payment."""
-    return services.payment_settle_authorized(payment_id=payment_id)
+    return payment_settle_authorized(payment_id=payment_id)
 
 
 @background_task("webhook_event_process", queue="high", max_retries=5, retry_on=(DatabaseError,))
 def webhook_event_process(event_id: int) -> str:
     """Apply one stored Razorpay webhook event."""
-    return services.webhook_event_apply(event_id=event_id)
+    return webhook_event_apply(event_id=event_id)
 
 
 subscribe("payment.authorized", "payment_retry")

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
-from ops.outbox import outbox_add
-from payments.models import WebhookEvent, WebhookRejection
+from ops.runtime.outbox import outbox_add
+from payments.models import Payment, WebhookEvent, WebhookRejection
+from payments.services.state import GatewayPayment, payment_apply_observations
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +116,48 @@ def _verified(body: bytes, signature: str | None, event_id: str | None, secret: 
     if not isinstance(event_name, str) or not event_name or len(event_name) > EVENT_NAME_MAX_LENGTH:
         raise WebhookRefused("bad_json", f"body has no event name, event id {event_id}")
     return event_name, payload, event_id
+
+
+# --- applying a stored event (the webhook_event_process task) ------------------------------
+
+def webhook_event_apply(*, event_id: int) -> str:
+    """Apply one stored Razorpay webhook event, once.
+
+    The payload is trusted as the gateway's word: its HMAC signature was verified on
+    receipt, and applying it through the forward-only transitions makes late or
+    reordered deliveries harmless; anything it cannot settle (a capture to make) goes
+    through the same claimed, fetch-first path as the sync. The event row is locked
+    and stamped processed_at in the transaction that applies it.
+    """
+    with transaction.atomic():
+        event = WebhookEvent.objects.select_for_update().filter(pk=event_id).first()
+        if event is None:
+            return "missing"
+        if event.processed_at is not None:
+            return "already_processed"
+        outcome = _apply_event(event)
+        WebhookEvent.objects.filter(pk=event_id).update(
+            processed_at=timezone.now(), attempts=F("attempts") + 1,
+            error="" if outcome in ("applied", "ignored") else outcome,
+        )
+    return outcome
+
+
+def _apply_event(event) -> str:
+    if event.event not in HANDLED_EVENTS:
+        return "ignored"
+    entity = ((event.payload.get("payload") or {}).get("payment") or {}).get("entity")
+    if not isinstance(entity, dict):
+        return "no payment entity in the payload"
+    try:
+        gp = GatewayPayment.from_entity(entity)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"unreadable payment entity: {exc}"[:255]
+    match = Q(razorpay_payment_id=gp.id)
+    if entity.get("order_id"):
+        match |= Q(razorpay_order_id=entity["order_id"])
+    pk = Payment.objects.filter(match).order_by("pk").values_list("pk", flat=True).first()
+    if pk is None:
+        return f"no payment for {gp.id}"
+    payment_apply_observations(observations=[(pk, gp)], release_claims=False)
+    return "applied"

@@ -2,18 +2,10 @@
 from django.contrib import admin, messages
 from django.template.defaultfilters import filesizeformat
 
+from checkout.admin import ReadOnlyAdmin
+
 from ops.maintenance.backups import BackupError, backup_verify
 from ops.maintenance.models import Backup, DbSnapshot, HealthCheck, JobRunTally
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Written by jobs only: the admin reads them."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Backup)

@@ -1,4 +1,7 @@
+from celery.signals import heartbeat_sent
 from django.apps import AppConfig
+
+from ops.maintenance.workers import note_heartbeat
 
 
 class MaintenanceConfig(AppConfig):
@@ -9,9 +12,5 @@ class MaintenanceConfig(AppConfig):
     verbose_name = "Maintenance and health"
 
     def ready(self) -> None:
-        from celery.signals import heartbeat_sent
-
-        from ops.maintenance.workers import note_heartbeat
-
         # Connected before any worker starts: celery only sends the signal if it has receivers then.
         heartbeat_sent.connect(note_heartbeat, weak=False, dispatch_uid="maintenance.note_heartbeat")

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.utils import timezone
 
+from checkout.timezones import local_zone
 from ops.maintenance.models import Backup
 
 log = logging.getLogger(__name__)
@@ -423,8 +424,6 @@ def backups_to_prune(now: datetime | None = None) -> list[Backup]:
     """Good backups outside the retention: keep the newest of each of the last
     BACKUP_KEEP_DAILY local days that have one, and of each of the last
     BACKUP_KEEP_WEEKLY ISO weeks."""
-    from ops.runner import local_zone
-
     zone = local_zone()
     days: set = set()
     weeks: set = set()

@@ -1,14 +1,12 @@
-"""Dependency health checks run by the health jobs; each stores its result with health_record."""
+"""Health checks of the dependencies every app shares (SMTP, Redis); each stores its result with health_record."""
 from __future__ import annotations
 
 import smtplib
 import ssl
 import time
 import uuid
-from datetime import timedelta
 
 from django.conf import settings
-from django.utils import timezone
 from redis.exceptions import RedisError
 
 from checkout.redis import get_redis
@@ -17,11 +15,6 @@ from ops.maintenance.services import health_record
 
 # A healthy dependency answers well within this share of the check's timeout.
 SLOW_SHARE = 0.5
-# Webhooks: unprocessed events older than this are a backlog, not work in progress.
-WEBHOOK_BACKLOG_AGE = timedelta(minutes=5)
-WEBHOOK_BACKLOG_MAX = 100
-WEBHOOK_REJECTION_WINDOW = timedelta(hours=1)
-WEBHOOK_REJECTIONS_MAX = 10
 # Redis memory use above this share of maxmemory starts evicting soon.
 REDIS_MEMORY_SHARE_MAX = 0.9
 
@@ -107,42 +100,6 @@ def cache_check() -> HealthCheck | None:
         detail={
             "ping_ms": ping_ms, "round_trip_ms": round_trip_ms, "used_memory": used,
             "maxmemory": maximum, "evicted_keys": evicted, "evicted_since_last": evicted_since,
-            "problems": problems,
-        },
-    )
-
-
-def webhooks_check() -> HealthCheck:
-    """The Razorpay webhook pipeline: last event age, unprocessed backlog, signature failures."""
-    from django.db.models import Count, Max, Min, Q
-
-    from payments.models import WebhookEvent, WebhookRejection
-
-    started = time.monotonic()
-    now = timezone.now()
-    events = WebhookEvent.objects.aggregate(
-        last=Max("received_at"),
-        backlog=Count("pk", filter=Q(processed_at__isnull=True, received_at__lt=now - WEBHOOK_BACKLOG_AGE)),
-        oldest_unprocessed=Min("received_at", filter=Q(processed_at__isnull=True)),
-    )
-    rejections = dict(
-        WebhookRejection.objects.filter(received_at__gte=now - WEBHOOK_REJECTION_WINDOW)
-        .values_list("reason").annotate(n=Count("pk")).order_by()
-    )
-    rejected = sum(rejections.values())
-    problems = []
-    if events["backlog"] > WEBHOOK_BACKLOG_MAX:
-        problems.append(f"{events['backlog']} events unprocessed for over {WEBHOOK_BACKLOG_AGE}")
-    if rejected >= WEBHOOK_REJECTIONS_MAX:
-        problems.append(f"{rejected} deliveries rejected in the last {WEBHOOK_REJECTION_WINDOW}")
-    last, oldest = events["last"], events["oldest_unprocessed"]
-    return health_record(
-        service="webhooks", status="degraded" if problems else "ok", latency_ms=_elapsed_ms(started),
-        detail={
-            "last_event_age_s": round((now - last).total_seconds()) if last else None,
-            "backlog": events["backlog"],
-            "oldest_unprocessed_age_s": round((now - oldest).total_seconds()) if oldest else None,
-            "rejections_last_hour": rejections,
             "problems": problems,
         },
     )

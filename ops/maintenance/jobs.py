@@ -12,25 +12,17 @@ from functools import wraps
 
 from django.conf import settings
 
-from ops.alerts import alert_clear, alert_raise
+from checkout.timezones import local_today
 from ops.maintenance import backups, checks, upkeep
-from ops.registry import get_job, job
-from ops.runner import JobContext, JobError, JobSkipped, local_today
+from ops.runtime import params
+from ops.runtime.alerts import alert_clear, alert_raise
+from ops.runtime.context import JobContext
+from ops.runtime.errors import JobError, JobSkipped
+from ops.runtime.registry import chain_after, job
 
 log = logging.getLogger(__name__)
 
 SUNDAY = 6
-
-
-def _chain_after(name: str) -> list[str]:
-    """Every job a run of `name` would have started, in order."""
-    chain, todo = [], list(get_job(name).then)
-    while todo:
-        follower = todo.pop(0)
-        if follower not in chain:
-            chain.append(follower)
-            todo.extend(get_job(follower).then)
-    return chain
 
 
 def alerts_on_failure(func):
@@ -44,7 +36,7 @@ def alerts_on_failure(func):
             raise
         except Exception as exc:
             if not ctx.dry_run:
-                stopped = _chain_after(ctx.job.name)
+                stopped = chain_after(ctx.job.name)
                 alert_raise(
                     job=ctx.job.name,
                     summary=f"failed: {exc}" + (f"; not run: {', '.join(stopped)}" if stopped else ""),
@@ -61,13 +53,14 @@ def alerts_on_failure(func):
 
 
 def _restore_check_due(ctx: JobContext) -> bool:
-    if "restore_check" in ctx.params:
-        return bool(ctx.params["restore_check"])
+    if ctx.params["restore_check"] is not None:
+        return ctx.params["restore_check"]
     mode = settings.BACKUP_RESTORE_CHECK
     return mode == "daily" or (mode == "weekly" and local_today().weekday() == SUNDAY)
 
 
-@job("db_backup", queue="maintenance", time_limit=timedelta(hours=2), then=("db_optimize",))
+@job("db_backup", queue="maintenance", time_limit=timedelta(hours=2), then=("db_optimize",),
+     params={"restore_check": params.flag()})
 @alerts_on_failure
 def db_backup(ctx: JobContext) -> dict:
     """Back up the database (verified, optionally restored into a scratch database), then apply the retention."""
@@ -135,14 +128,6 @@ def db_monitor(ctx: JobContext) -> dict:
 
 def _health_result(check) -> dict:
     return {"service": check.service, "status": check.status, "latency_ms": check.latency_ms, **check.detail}
-
-
-@job("webhook_health", queue="default", time_limit=timedelta(minutes=5))
-def webhook_health(ctx: JobContext) -> dict:
-    """Is the Razorpay webhook pipeline alive: last event age, backlog, signature failures."""
-    if ctx.dry_run:
-        raise JobSkipped("a health check stores its result; nothing to preview")
-    return _health_result(checks.webhooks_check())
 
 
 @job("email_service_health", queue="default", time_limit=timedelta(minutes=5))

@@ -1,6 +1,6 @@
 """Prometheus exposition for /metrics, read at scrape time from shared state.
 
-Jobs come from the run ledger, background tasks from ops.metrics' Redis
+Jobs come from the run ledger, background tasks from ops.runtime.metrics' Redis
 counters, queues and workers from Redis, dead letters and health from their
 tables: every number is the same whichever process serves the scrape, so web
 and worker processes need no shared memory. Each source is read on its own;
@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from ops import metrics as task_metrics
+from ops.runtime import metrics as task_metrics
 from ops.maintenance import selectors
 from ops.maintenance.models import HealthCheck, JobRunTally
-from ops.models import JobRun
+from ops.runtime.models import JobRun
 
 log = logging.getLogger(__name__)
 

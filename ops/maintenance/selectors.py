@@ -12,8 +12,9 @@ from checkout.celery import QUEUES
 from checkout.redis import get_redis
 from ops.maintenance.models import HealthCheck
 from ops.maintenance.workers import count_seen_command
-from ops.models import DeadLetter, JobRun
-from ops.registry import JOB_TASK_PREFIX, all_jobs
+from ops.runtime.models import DeadLetter
+from ops.runtime.registry import all_jobs
+from ops.runtime.status import job_interval, job_statuses
 
 # Stored results shown by /health/, and the job that produces each.
 STORED_SERVICES = {
@@ -31,9 +32,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def stale_after(service: str) -> timedelta:
     """A result older than twice its job's interval (or HEALTH_STALE_AFTER) no longer says anything."""
-    from ops.schedules import expected_interval
-
-    interval = expected_interval(STORED_SERVICES.get(service, ""))
+    job = STORED_SERVICES.get(service)
+    interval = job_interval(job) if job in all_jobs() else None
     return 2 * interval if interval else settings.HEALTH_STALE_AFTER
 
 
@@ -58,61 +58,9 @@ def stored_service_status(service: str, now: datetime | None = None) -> dict:
     return entry
 
 
-def _beat_rows() -> dict[str, object]:
-    """Enabled crontab rows of django-celery-beat that send a job task, by job name."""
-    from django_celery_beat.models import PeriodicTask
-
-    rows = PeriodicTask.objects.filter(
-        enabled=True, task__startswith=JOB_TASK_PREFIX, crontab__isnull=False
-    ).select_related("crontab")
-    return {row.task[len(JOB_TASK_PREFIX):]: row for row in rows}
-
-
 def job_overview(now: datetime | None = None) -> dict[str, dict]:
-    """Per registered job: last run and its status, last success, next due, and whether it is late.
-
-    A job is due only when beat schedules it (an enabled row) or a scheduled job
-    chains to it; it is late when it has not succeeded within twice its interval
-    (counted from when the row last changed if it never succeeded).
-    """
-    from ops import schedules
-
-    now = now or timezone.now()
-    rows = _beat_rows()
-    jobs = all_jobs()
-    overview = {}
-    for name in jobs:
-        runs = JobRun.objects.filter(job=name, dry_run=False).order_by("-started_at")
-        last = runs.values("started_at", "status").first()
-        last_success = (
-            runs.filter(status=JobRun.Status.SUCCESS).values_list("finished_at", flat=True).first()
-        )
-        row = rows.get(name)
-        parents = [p for p in schedules.chained_from(name) if p in rows]
-        interval = schedules.expected_interval(name)
-        next_due = None
-        if row is not None:
-            zone = str(row.crontab.timezone) or settings.CHECKOUT_TIME_ZONE
-            next_due = schedules.next_fire(schedules.Cron.from_row(row.crontab), zone, now)
-        since = last_success or (row.date_changed if row is not None else None)
-        if since is None and parents:
-            since = min(rows[p].date_changed for p in parents)
-        late = bool(
-            (row is not None or parents) and interval and since is not None
-            and now - since > 2 * interval
-        )
-        entry = {
-            "last_run": _iso(last["started_at"]) if last else None,
-            "status": last["status"] if last else None,
-            "last_success": _iso(last_success),
-            "next_due": _iso(next_due),
-            "interval_s": int(interval.total_seconds()) if interval else None,
-            "late": late,
-        }
-        if parents and row is None:
-            entry["after"] = parents
-        overview[name] = entry
-    return overview
+    """Per registered job, the job status as /health/ reports it (see ops.runtime.status)."""
+    return {name: status.as_dict() for name, status in job_statuses(now).items()}
 
 
 def dead_letter_counts() -> dict[str, int]:

@@ -14,6 +14,7 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from ops.maintenance.models import DbSnapshot, JobRunTally
+from ops.runtime.models import DeadLetter, JobRun
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ def job_run_tally_add(runs) -> None:
 
 
 def _prunes() -> tuple[Prune, ...]:
-    from ops.models import DeadLetter, JobRun
-
     return (
         Prune("job_runs", "ops.JobRun", "RETENTION_JOB_RUNS", "started_at",
               lambda: ~Q(status=JobRun.Status.RUNNING), before_delete=job_run_tally_add),

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from analytics.models import DailyReport
 from analytics.services import daily_reports_build, weekly_report_build, week_before
-from ops.runner import local_today
+from checkout.timezones import local_today
 from tests.analytics.conftest import local
 from tests.factories import CartFactory, OrderFactory
 from tests.services import in_ci

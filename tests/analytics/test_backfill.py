@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from analytics.models import DailyReport
-from ops.models import JobRun
+from ops.runtime.models import JobRun
 from tests.analytics.conftest import local
 from tests.factories import OrderFactory
 

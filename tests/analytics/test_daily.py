@@ -9,8 +9,8 @@ from analytics.models import DailyInternshipReport, DailyReport
 from analytics.selectors import rollup
 from analytics.services import daily_reports_build
 from carts.models import Cart
-from ops.models import JobRun
-from ops.runner import run_job
+from ops.runtime.models import JobRun
+from ops.runtime.runner import run_job
 from tests.analytics.conftest import expected_by_day, local
 from tests.factories import CartFactory, EnrollmentFactory, InternshipFactory, OrderFactory, PaymentFactory
 

@@ -6,11 +6,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from analytics.models import DailyCounter, TrackReceipt
-from analytics.receivers import job_run_counters
 from analytics.services import counters_track
 from analytics.tasks import analytics_track
-from ops.registry import job, unregister
-from ops.runner import local_zone, run_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -44,22 +41,3 @@ def test_the_task_calls_the_service_with_plain_values():
     analytics_track.apply(kwargs={"key": "t1", "day": "2024-06-10", "subject": "job:x", "counters": {"runs": 1}})
     analytics_track.apply(kwargs={"key": "t1", "day": "2024-06-10", "subject": "job:x", "counters": {"runs": 1}})
     assert _counters() == {"runs": 1}
-
-
-def test_every_finished_run_is_tracked_once(django_capture_on_commit_callbacks):
-    @job("analytics_test_job")
-    def analytics_test_job(ctx):
-        ctx.add("touched", 3)
-
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            runs = [run_job("analytics_test_job"), run_job("analytics_test_job")]
-            run_job("analytics_test_job", dry_run=True)
-    finally:
-        unregister("analytics_test_job")
-
-    day = runs[0].finished_at.astimezone(local_zone()).date()
-    counters = {c.name: c.value for c in DailyCounter.objects.filter(subject="job:analytics_test_job", day=day)}
-    assert counters["runs"] == 2 and counters["status_success"] == 2 and counters["count_touched"] == 6
-    assert counters["duration_ms"] == sum(r.duration_ms for r in runs)
-    assert job_run_counters(runs[0])["count_touched"] == 3

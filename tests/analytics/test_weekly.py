@@ -7,8 +7,8 @@ import time_machine
 
 from analytics.models import WeeklyReport
 from analytics.services import week_before, weekly_report_build
-from ops.models import JobRun
-from ops.runner import run_job
+from ops.runtime.models import JobRun
+from ops.runtime.runner import run_job
 from tests.analytics.conftest import local
 from tests.factories import CartFactory, EnrollmentFactory, InternshipFactory, OrderFactory, UserFactory
 

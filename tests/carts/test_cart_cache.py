@@ -9,8 +9,8 @@ from carts.models import Cart, CartStatus, PendingCacheDelete
 from carts.services import cart_create, cart_touch
 from carts.tasks import cache_cleanup
 from checkout import redis as checkout_redis
-from ops.models import DeadLetter, JobRun
-from ops.runner import run_job
+from ops.runtime.models import DeadLetter, JobRun
+from ops.runtime.runner import run_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres, pytest.mark.redis]
 

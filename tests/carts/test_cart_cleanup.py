@@ -10,8 +10,8 @@ from django.utils import timezone
 from carts.models import Cart, CartDayTally, CartSnapshot, CartStatus
 from carts.selectors import cart_counts_by_day, expired_where, next_batch_end
 from carts.services import cart_expire_batch, cart_touch
-from ops.models import JobRun
-from ops.runner import run_job
+from ops.runtime.models import JobRun
+from ops.runtime.runner import run_job
 from tests.factories import CartFactory, InternshipFactory, OrderFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres, pytest.mark.redis]

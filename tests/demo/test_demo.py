@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from ops.management.commands.demo import job_order
-from ops.registry import all_jobs
+from ops.demo.management.commands.demo import job_order
+from ops.runtime.registry import all_jobs
 from tests.conftest import ROOT
 from tests.ops.jobs_for_tests import TEST_JOBS
 

@@ -14,8 +14,8 @@ from django.core.management import CommandError, call_command
 from django.db.models import Count, F, Q
 
 from carts.models import Cart
-from ops.demo_data import SeedPlan, demo_data_reset, demo_data_seed
-from ops.runner import local_zone
+from ops.demo.data import SeedPlan, demo_data_reset, demo_data_seed
+from checkout.timezones import local_zone
 from orders.models import Enrollment, Internship, Order
 from payments.models import Payment
 from tests.conftest import ROOT

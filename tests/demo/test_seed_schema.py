@@ -3,8 +3,8 @@ import pytest
 from django.db import connection
 
 from carts.models import Cart
-from ops import demo_data
-from ops.demo_data import SeedPlan, demo_data_seed
+from ops.demo import data as demo_data
+from ops.demo.data import SeedPlan, demo_data_seed
 from orders.models import Order
 
 pytestmark = pytest.mark.postgres

@@ -12,8 +12,8 @@ from django.db import connection
 from ops.maintenance import backups
 from ops.maintenance.backups import BackupError
 from ops.maintenance.models import Backup
-from ops.models import JobRun
-from ops.runner import run_job
+from ops.runtime.models import JobRun
+from ops.runtime.runner import run_job
 from tests.factories import CartFactory, EnrollmentFactory, PaymentFactory
 
 pytestmark = pytest.mark.postgres

@@ -5,8 +5,8 @@ import pytest
 from django.utils import timezone
 
 from ops.maintenance.models import HealthCheck
-from ops.models import JobRun
-from ops.runner import run_job
+from ops.runtime.models import JobRun
+from ops.runtime.runner import run_job
 from payments.models import WebhookEvent, WebhookRejection
 
 pytestmark = [pytest.mark.postgres]

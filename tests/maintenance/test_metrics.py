@@ -7,10 +7,10 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops import metrics as task_metrics
+from ops.runtime import metrics as task_metrics
 from ops.maintenance.services import health_record
-from ops.models import DeadLetter, JobRun
-from ops.tasks import enqueue_job
+from ops.runtime.models import DeadLetter, JobRun
+from ops.runtime.dispatch import enqueue_job
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -10,8 +10,8 @@ from django_celery_results.models import TaskResult
 from carts.models import CartSnapshot, CartSnapshotLine
 from ops.maintenance import upkeep
 from ops.maintenance.models import DbSnapshot, HealthCheck
-from ops.models import AlertIncident, DeadLetter, JobRun, OutboxEvent
-from ops.runner import run_job
+from ops.runtime.models import AlertIncident, DeadLetter, JobRun, OutboxEvent
+from ops.runtime.runner import run_job
 from payments.models import WebhookEvent, WebhookRejection
 
 pytestmark = pytest.mark.postgres
@@ -124,7 +124,7 @@ def test_monitor_stores_a_snapshot_and_alerts_on_a_threshold(settings, caplog):
     settings.DB_MONITOR_CONNECTIONS_RATIO = 0.0
 
     # when
-    with caplog.at_level(logging.ERROR, logger="ops.alerts"):
+    with caplog.at_level(logging.ERROR, logger="ops.runtime.alerts"):
         run = run_job("db_monitor")
 
     # then
@@ -140,7 +140,7 @@ def test_monitor_stores_a_snapshot_and_alerts_on_a_threshold(settings, caplog):
 
     # and a second breach does not notify again; a clean snapshot resolves the incident
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="ops.alerts"):
+    with caplog.at_level(logging.ERROR, logger="ops.runtime.alerts"):
         run_job("db_monitor")
     assert not any("ALERT job=db_monitor" in r.getMessage() for r in caplog.records)
     settings.DB_MONITOR_CONNECTIONS_RATIO = 1.0
@@ -188,7 +188,7 @@ def test_a_failed_backup_stops_the_chain_and_alerts(settings, tmp_path, caplog):
     settings.BACKUP_DIR = blocker / "backups"
 
     # when
-    with caplog.at_level(logging.ERROR, logger="ops.alerts"):
+    with caplog.at_level(logging.ERROR, logger="ops.runtime.alerts"):
         run = run_job("db_backup")
 
     # then

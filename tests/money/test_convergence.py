@@ -5,10 +5,10 @@ from datetime import timedelta
 import pytest
 from django.db.models import Count
 
-from ops.models import OutboxEvent
-from ops.outbox import outbox_relay
+from ops.runtime.models import OutboxEvent
+from ops.runtime.outbox import outbox_relay
 from orders.models import Enrollment, Order
-from payments import services
+from payments.services.settle import payment_sync_pending
 from payments.models import Payment
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -48,7 +48,7 @@ def test_repeated_syncs_converge_under_5xx_429_timeouts_and_html(
     errors = 0
     for run in range(15):
         with django_capture_on_commit_callbacks(execute=True):
-            counts = services.payment_sync_pending(concurrency=8)
+            counts = payment_sync_pending(concurrency=8)
         errors += counts["gateway_errors"]
         assert_no_wrong_money(fake_gateway, ids)
         actual = dict(Payment.objects.filter(pk__in=expected).values_list("pk", "status"))
@@ -85,7 +85,7 @@ def test_enrollment_appears_once_the_broker_is_back(
     celery_live.conf.update(broker_url="redis://127.0.0.1:1/0", broker_connection_max_retries=1)
     celery_live._after_fork()  # drop pooled broker connections, as a forked process would
     try:
-        services.payment_sync_pending()
+        payment_sync_pending()
     finally:
         celery_live.conf.update(broker_url=real_broker)
         celery_live._after_fork()

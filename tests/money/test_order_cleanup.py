@@ -4,8 +4,8 @@ from datetime import timedelta
 import pytest
 from django.core import mail
 
-from ops.runner import run_job
-from orders import services
+from ops.runtime.runner import run_job
+from payments.services.order_cleanup import order_cleanup_overdue
 from orders.models import Order, OutgoingEmail
 from orders.tasks import email_send, notification_send
 from payments.models import Payment
@@ -18,7 +18,7 @@ OVERDUE = timedelta(hours=49)
 
 def cleanup(capture_callbacks, **kwargs):
     with capture_callbacks(execute=True):
-        return services.order_cleanup_overdue(**kwargs)
+        return order_cleanup_overdue(**kwargs)
 
 
 def test_authorized_payment_is_refunded_never_captured_and_the_order_expires_with_one_email(

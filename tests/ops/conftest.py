@@ -12,7 +12,7 @@ def process_env(process_env):
 @pytest.fixture
 def test_schedules(monkeypatch):
     """Replace the declared schedules with ones for the test-only jobs."""
-    from ops import schedules
+    from ops.runtime import schedules
 
     declared = (
         schedules._job("ops_test_job", schedules.Cron(minute="*/15"), 15 * schedules.MINUTE,

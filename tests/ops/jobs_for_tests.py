@@ -11,9 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from checkout.redis import get_redis
-from ops.registry import job
-from ops.runner import JobContext, JobError, JobSkipped
-from ops.tasks import background_task
+from ops.runtime import params
+from ops.runtime.registry import job
+from ops.runtime.context import JobContext
+from ops.runtime.errors import JobError, JobSkipped
+from ops.runtime.tasks import background_task
 
 TEST_JOBS = ("ops_test_job", "ops_test_undated")
 TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink")
@@ -30,23 +32,26 @@ def blpop_patiently(client, key: str, timeout: float):
     return None
 
 
-@job("ops_test_job", accepts_date=True, time_limit=timedelta(minutes=2), max_retries=2)
+@job("ops_test_job", accepts_date=True, time_limit=timedelta(minutes=2), max_retries=2, params={
+    "hold_key": params.text(), "fail_unless_file": params.text(), "crash": params.text(), "skip": params.text(),
+    "steps": params.integer(0, low=0),
+})
 def ops_test_job(ctx: JobContext) -> dict:
     """Test-only job: holds, fails, skips or counts steps as its params say."""
-    params = ctx.params
-    hold = params.get("hold_key") or os.environ.get("OPS_TEST_HOLD_KEY")
+    given = ctx.params
+    hold = given.get("hold_key") or os.environ.get("OPS_TEST_HOLD_KEY")
     if hold:
         # Tell the test it holds the lock, then wait for its go (an event, not a sleep).
         client = get_redis()
         client.rpush(f"{hold}:started", os.getpid())
         blpop_patiently(client, f"{hold}:release", HOLD_TIMEOUT_S)
-    if params.get("fail_unless_file") and not Path(params["fail_unless_file"]).exists():
-        raise JobError(f"{params['fail_unless_file']} does not exist")
-    if params.get("crash") or os.environ.get("OPS_TEST_FAIL"):
-        raise RuntimeError(params.get("crash") or "failing as OPS_TEST_FAIL asks")
-    if params.get("skip"):
-        raise JobSkipped(params["skip"])
-    steps = int(params.get("steps", 0))
+    if given.get("fail_unless_file") and not Path(given["fail_unless_file"]).exists():
+        raise JobError(f"{given['fail_unless_file']} does not exist")
+    if given.get("crash") or os.environ.get("OPS_TEST_FAIL"):
+        raise RuntimeError(given.get("crash") or "failing as OPS_TEST_FAIL asks")
+    if given.get("skip"):
+        raise JobSkipped(given["skip"])
+    steps = given["steps"]
     for step in range(1, steps + 1):
         ctx.progress(step, steps, "steps")
         ctx.add("would_write" if ctx.dry_run else "written")

@@ -6,11 +6,12 @@ import time_machine
 from django.core import mail
 from django.urls import reverse
 
-from ops.alerts import alerts_evaluate
-from ops.models import AlertIncident, JobRun
-from ops.runner import run_job
-from ops.selectors import job_stats
-from ops.services import schedules_sync
+from ops.runtime.alerts import alerts_evaluate
+from ops.runtime.models import AlertIncident, JobRun
+from ops.runtime.runner import run_job
+from ops.runtime.selectors import job_stats
+from ops.runtime.services import schedules_sync
+from ops.runtime.status import job_statuses
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -32,9 +33,10 @@ def test_job_stats_are_true_mean_and_nearest_rank_p95():
     assert stats["success_rate"] == 0.9
     assert stats["mean_ms"] == 50.5  # not the seed's running (avg + d) / 2
     assert stats["p95_ms"] == 95
-    assert stats["last_status"] == JobRun.Status.SKIPPED
-    assert stats["last_run_at"] == now + timedelta(hours=5)
-    assert stats["last_success_at"] == now + timedelta(minutes=99)
+    status = job_statuses(now + timedelta(hours=6))["ops_test_job"]
+    assert status.last_status == JobRun.Status.SKIPPED
+    assert status.last_run_at == now + timedelta(hours=5)
+    assert status.last_success_at == now + timedelta(minutes=99)
     # registered jobs with no runs are listed too
     assert job_stats()["ops_test_undated"]["total"] == 0
 
@@ -48,7 +50,7 @@ def test_jobrun_changelist_shows_the_stats(admin_client):
 
 
 def test_dead_letters_list_defaults_to_dead(admin_client):
-    from ops.models import DeadLetter
+    from ops.runtime.models import DeadLetter
 
     DeadLetter.objects.create(task_name="a", task_id="1", state=DeadLetter.State.DEAD)
     DeadLetter.objects.create(task_name="b", task_id="2", state=DeadLetter.State.RECOVERED)
@@ -72,7 +74,7 @@ def alert_settings(settings):
     settings.ALERT_FAILURE_RATIO = 0.5
     settings.ALERT_MIN_RUNS = 2
     settings.ALERT_WINDOW = timedelta(hours=6)
-    settings.ALERT_BACKENDS = ["ops.alerts.LogBackend", "ops.alerts.EmailBackend"]
+    settings.ALERT_BACKENDS = ["ops.runtime.alerts.LogBackend", "ops.runtime.alerts.EmailBackend"]
     return settings
 
 

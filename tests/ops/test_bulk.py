@@ -1,4 +1,4 @@
-"""ops.bulk.update_by_pk: per-row values in one statement, the same result as the Case form."""
+"""ops.runtime.bulk.update_by_pk: per-row values in one statement, the same result as the Case form."""
 from datetime import timedelta
 
 import pytest
@@ -6,7 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from ops import bulk
+from ops.runtime import bulk
 from payments.models import Payment
 from tests.factories import PaymentFactory
 

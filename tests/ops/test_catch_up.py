@@ -5,9 +5,9 @@ import pytest
 import time_machine
 from django_celery_beat.models import PeriodicTask
 
-from ops.models import JobRun
-from ops.scheduler import catch_up_missed
-from ops.services import schedules_sync
+from ops.runtime.models import JobRun
+from ops.runtime.scheduler import catch_up_missed
+from ops.runtime.services import schedules_sync
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 

@@ -1,11 +1,12 @@
 """Every run leaves one ledger row: success, failure, skip (lock held or by the job) and dry run."""
 import pytest
 
-from ops.locks import try_acquire
-from ops.models import JobRun
-from ops.registry import get_job
-from ops.runner import LOCK_HELD, run_job
-from ops.tasks import enqueue_job
+from ops.runtime.locks import try_acquire
+from ops.runtime.models import JobRun
+from ops.runtime.registry import get_job
+from ops.runtime.ledger import LOCK_HELD
+from ops.runtime.runner import run_job
+from ops.runtime.dispatch import enqueue_job
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 

@@ -2,9 +2,9 @@
 import pytest
 from django.db import transaction
 
-from ops.models import OutboxEvent
-from ops.outbox import outbox_add, outbox_add_many, outbox_relay, subscribe
-from ops.tasks import background_task
+from ops.runtime.models import OutboxEvent
+from ops.runtime.outbox import outbox_add, outbox_add_many, outbox_relay, subscribe
+from ops.runtime.tasks import background_task
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -104,7 +104,7 @@ def test_add_many_stores_new_events_in_one_statement_and_skips_known_keys(
 @pytest.mark.redis
 def test_a_bulk_change_hands_its_events_to_the_relay_with_one_message(
         django_capture_on_commit_callbacks, celery_live, redis_client):
-    from ops.outbox import DIRECT_PUBLISH_MAX
+    from ops.runtime.outbox import DIRECT_PUBLISH_MAX
 
     # when one transaction announces more events than are sent directly
     with django_capture_on_commit_callbacks(execute=True):

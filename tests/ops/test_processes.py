@@ -15,11 +15,11 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
-from ops.locks import try_acquire
-from ops.models import JobRun
-from ops.registry import get_job
-from ops.runner import run_job
-from ops.tasks import enqueue_job
+from ops.runtime.locks import try_acquire
+from ops.runtime.models import JobRun
+from ops.runtime.registry import get_job
+from ops.runtime.runner import run_job
+from ops.runtime.dispatch import enqueue_job
 from tests.conftest import ROOT
 from tests.ops.jobs_for_tests import blpop_patiently
 

@@ -6,8 +6,9 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from checkout.celery import app
-from ops.models import DeadLetter, JobRun
-from ops.tasks import backoff_countdown, enqueue_job, job_task
+from ops.runtime.models import DeadLetter, JobRun
+from ops.runtime.dispatch import enqueue_job, job_task
+from ops.runtime.tasks import backoff_countdown
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 

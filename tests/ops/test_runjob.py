@@ -7,10 +7,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.core.management.base import OutputWrapper
 
-from ops.locks import try_acquire
-from ops.management.commands.runjob import _Progress
-from ops.models import JobRun
-from ops.registry import all_jobs, get_job
+from ops.runtime.locks import try_acquire
+from ops.runtime.management.commands.runjob import _Progress
+from ops.runtime.models import JobRun
+from ops.runtime.registry import all_jobs, get_job
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

@@ -8,10 +8,10 @@ import pytest
 from django.core.management import call_command
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
-from ops import schedules
-from ops.scheduler import LocalCrontab
-from ops.schedules import Cron, iter_fires, missed_fires, next_fire
-from ops.services import schedules_sync
+from ops.runtime import schedules
+from ops.runtime.scheduler import LocalCrontab
+from ops.runtime.schedules import Cron, iter_fires, missed_fires, next_fire
+from ops.runtime.services import schedules_sync
 
 LONDON = ZoneInfo("Europe/London")
 UTC = dt_timezone.utc

@@ -4,10 +4,10 @@ Queued messages and beat rows refer to tasks by name: a rename strands them. Thi
 list is the contract; a new task or job is added to it on purpose.
 """
 from checkout.celery import app
-from ops.registry import JOB_TASK_PREFIX, all_jobs
+from ops.runtime.registry import JOB_TASK_PREFIX, all_jobs
 
 TASK_NAMES = {
-    # jobs (ops.registry: "jobs.<name>")
+    # jobs (ops.runtime.registry: "jobs.<name>")
     "jobs.cache_health",
     "jobs.cart_cleanup",
     "jobs.daily_analytics",
@@ -21,7 +21,7 @@ TASK_NAMES = {
     "jobs.payment_sync",
     "jobs.webhook_health",
     "jobs.weekly_analytics",
-    # background tasks (ops.tasks.background_task)
+    # background tasks (ops.runtime.tasks.background_task)
     "analytics_track",
     "cache_cleanup",
     "email_send",

@@ -1,7 +1,7 @@
 """Fixtures of the payments tests: a real fake-Razorpay server the real SDK talks to."""
 import pytest
 
-from payments.fake_gateway import FakeRazorpay
+from ops.demo.fake_gateway import FakeRazorpay
 
 KEY_ID = "rzp_test_fixture"
 KEY_SECRET = "fixture-key-secret"

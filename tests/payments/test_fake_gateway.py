@@ -12,7 +12,7 @@ import razorpay
 import requests
 from razorpay.errors import BadRequestError
 
-from payments.fake_gateway import FakeRazorpay
+from ops.demo.fake_gateway import FakeRazorpay
 from tests.payments.conftest import KEY_ID, KEY_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]

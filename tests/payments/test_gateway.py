@@ -16,7 +16,7 @@ from payments.gateway import (
     GatewayRejected,
     GatewayUnavailable,
 )
-from payments.fake_gateway import FakeRazorpay
+from ops.demo.fake_gateway import FakeRazorpay
 from tests.payments.conftest import KEY_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,8 +2,8 @@
 import pytest
 
 from ops.maintenance.models import HealthCheck
-from ops.models import JobRun
-from ops.runner import run_job
+from ops.runtime.models import JobRun
+from ops.runtime.runner import run_job
 from tests.payments.conftest import KEY_SECRET
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from ops.models import OutboxEvent
+from ops.runtime.models import OutboxEvent
 from payments.models import WebhookEvent, WebhookRejection
 from payments.webhooks import MAX_BODY_BYTES, WEBHOOK_TOPIC, webhook_signature
 from tests.payments.conftest import WEBHOOK_SECRET

@@ -10,8 +10,9 @@ from datetime import date, timedelta
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from ops.models import JobRun
-from ops.runner import local_today, run_job
+from ops.runtime.models import JobRun
+from checkout.timezones import local_today
+from ops.runtime.runner import run_job
 
 JOB = "daily_analytics"
 

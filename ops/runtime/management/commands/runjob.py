@@ -1,0 +1,173 @@
+"""Run one job now, or list the jobs: `runjob JOB [--dry-run] [--date YYYY-MM-DD] [--async]`, `runjob --list`.
+
+Exit status: 0 success, 1 the job failed, 2 usage error, 3 skipped because another
+run holds the job's lock.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+import time
+from datetime import date
+from zoneinfo import ZoneInfo
+
+from cron_descriptor import ExpressionDescriptor, Options
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from ops.runtime import schedules
+from ops.runtime.models import JobRun
+from ops.runtime.registry import UnknownJob, all_jobs, get_job
+from ops.runtime.ledger import LOCK_HELD
+from ops.runtime.runner import run_job
+from ops.runtime.status import job_statuses
+from ops.runtime.dispatch import enqueue_job
+
+EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 1, 2, 3
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def describe_cron(cron: schedules.Cron) -> str:
+    options = Options()
+    options.use_24hour_time_format = True
+    # cron-descriptor reads standard order: minute hour day-of-month month day-of-week.
+    return ExpressionDescriptor(str(cron), options).get_description()
+
+
+class Command(BaseCommand):
+    help = "Run one job now and print what it did, or --list the jobs with their schedules and last runs."
+
+    def add_arguments(self, parser):
+        parser.add_argument("job", nargs="?", help="the job's name (see --list)")
+        parser.add_argument("--list", dest="list_jobs", action="store_true", help="list jobs, schedules, last and next runs")
+        parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+        parser.add_argument("--date", dest="day", help="the local day to work on, YYYY-MM-DD (jobs that take one)")
+        parser.add_argument("--async", dest="run_async", action="store_true",
+                            help="queue the run on a worker and print the task id")
+
+    def handle(self, *args, job=None, list_jobs=False, dry_run=False, day=None, run_async=False, **options):
+        if list_jobs:
+            if job:
+                raise CommandError("give either a job or --list, not both", returncode=EXIT_USAGE)
+            self._list()
+            return
+        if not job:
+            raise CommandError("name a job to run, or use --list", returncode=EXIT_USAGE)
+        definition = self._job(job)
+        day = self._day(day, definition)
+
+        if run_async:
+            task_id = enqueue_job(job, dry_run=dry_run, day=day)
+            self.stdout.write(f"{job}: queued on {definition.queue} as task {task_id}")
+            return
+
+        with _Progress(self.stdout) as progress:
+            run = run_job(job, trigger=JobRun.Trigger.MANUAL, dry_run=dry_run, day=day, on_progress=progress)
+        self._report(run)
+        if run.status == JobRun.Status.FAILED:
+            sys.exit(EXIT_FAILED)
+        if run.status == JobRun.Status.SKIPPED and run.error == LOCK_HELD:
+            sys.exit(EXIT_LOCKED)
+
+    def _job(self, name: str):
+        try:
+            return get_job(name)
+        except UnknownJob:
+            names = list(all_jobs())
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known jobs: {', '.join(names) or 'none'}"
+            raise CommandError(f"unknown job {name!r}; {hint}", returncode=EXIT_USAGE) from None
+
+    def _day(self, raw: str | None, definition) -> date | None:
+        if raw is None:
+            return None
+        try:
+            if not _ISO_DATE.match(raw):
+                raise ValueError("not in YYYY-MM-DD form")
+            day = date.fromisoformat(raw)
+        except ValueError as exc:
+            raise CommandError(f"invalid --date {raw!r}: {exc} (expected YYYY-MM-DD)", returncode=EXIT_USAGE) from None
+        if not definition.accepts_date:
+            raise CommandError(f"job {definition.name!r} does not take --date", returncode=EXIT_USAGE)
+        return day
+
+    def _report(self, run: JobRun) -> None:
+        mode = " (dry run: nothing written)" if run.dry_run else ""
+        self.stdout.write(f"{run.job}: {run.status} in {run.duration_ms or 0} ms, run #{run.pk}{mode}")
+        for key, value in sorted(run.counts.items()):
+            self.stdout.write(f"  {key}: {value}")
+        if run.result:
+            self.stdout.write(json.dumps(run.result, indent=2, sort_keys=True, default=str))
+        if run.error:
+            stream = self.stderr if run.status == JobRun.Status.FAILED else self.stdout
+            stream.write(f"{run.status}: {run.error}")
+
+    def _list(self) -> None:
+        local = ZoneInfo(schedules.schedule_zone())
+        table = [("JOB", "QUEUE", "SCHEDULE", "LAST RUN", "STATUS", "NEXT RUN")]
+        for name, status in job_statuses().items():
+            table.append((
+                name, status.queue, self._schedule_words(status),
+                f"{status.last_run_at.astimezone(local):%Y-%m-%d %H:%M}" if status.last_run_at else "never",
+                (status.last_status or "-") + (" (late)" if status.late else ""),
+                self._next_words(status, local),
+            ))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        self.stdout.write(f"Times in {local}.")
+
+    def _schedule_words(self, status) -> str:
+        schedule = status.schedule
+        if schedule is None:
+            if status.after:
+                return f"after {' / '.join(status.after)}"
+            declared = schedules.for_job(status.job)
+            if declared is not None:
+                return describe_cron(declared.cron) + " (not synced: run sync_schedules)"
+            return "not scheduled"
+        if schedule.cron is not None:
+            return describe_cron(schedule.cron)
+        return schedule.words()
+
+    def _next_words(self, status, local: ZoneInfo) -> str:
+        if status.schedule is None:
+            return "-"
+        if not status.schedule.enabled:
+            return "disabled"
+        return f"{status.next_due.astimezone(local):%Y-%m-%d %H:%M}" if status.next_due else "never"
+
+
+class _Progress:
+    """ctx.progress(): a tqdm bar on a terminal, a plain line at most every second otherwise."""
+
+    def __init__(self, stdout) -> None:
+        self.stdout = stdout
+        self.tty = stdout.isatty()
+        self.bar = None
+        self._last_line = 0.0
+
+    def __call__(self, done: int, total: int | None, label: str) -> None:
+        if self.tty:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=label or None, file=self.stdout._out, leave=True)
+            if total is not None and self.bar.total != total:
+                self.bar.total = total
+            if label:
+                self.bar.set_description(label, refresh=False)
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 1.0 or (total is not None and done >= total):
+            self._last_line = now
+            of = f"/{total}" if total is not None else ""
+            self.stdout.write(f"{label or 'progress'}: {done}{of}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

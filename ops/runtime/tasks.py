@@ -1,0 +1,203 @@
+"""Celery side of the runtime: a task per job, the background-task decorator,
+retries with capped full-jitter backoff, dead letters after the last retry, and
+the runtime's own periodic tasks (outbox relay, alert evaluation).
+
+Nothing here sleeps: a retry is `task.retry(countdown=...)`, so the worker is
+free while it waits. The task of each job is made when the job is registered:
+this module watches the registry.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback as tb
+from datetime import date
+from functools import wraps
+from typing import Callable
+
+from celery.exceptions import Ignore, Retry
+from celery.signals import worker_init, worker_process_init
+from django.db import transaction
+from django.utils import timezone
+
+from checkout.celery import app
+from ops.runtime import locks, metrics, registry
+from ops.runtime.alerts import alerts_evaluate
+from ops.runtime.dispatch import TASK_QUEUES
+from ops.runtime.models import DeadLetter, JobRun
+from ops.runtime.outbox import outbox_relay
+from ops.runtime.registry import Job
+from ops.runtime.runner import run_job
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _keep_lock_connections(**_) -> None:
+    # A worker runs many jobs: keep its lock connection instead of opening one per run.
+    locks.keep_lock_connections()
+
+
+def backoff_countdown(retries: int, base: float = 2.0, cap: float = 30.0, rng=random) -> float:
+    """Full jitter: uniform in [0, min(cap, base ** (retries + 1))] seconds.
+
+    retries is how many retries already happened (0 before the first), so the
+    ceilings run 2, 4, 8, 16, 30, 30... with the defaults.
+    """
+    ceiling = min(cap, base ** (retries + 1))
+    return rng.uniform(0, ceiling)
+
+
+def _note_failure(task, exc: BaseException, *, final: bool) -> None:
+    """Upsert the task's dead-letter row: retrying while attempts remain, dead after."""
+    request = task.request
+    now = timezone.now()
+    attempts = request.retries + 1
+    fields = {
+        "task_name": task.name,
+        "queue": (request.delivery_info or {}).get("routing_key", "") or TASK_QUEUES.get(task.name, ""),
+        "args": list(request.args or []),
+        "kwargs": dict(request.kwargs or {}),
+        "state": DeadLetter.State.DEAD if final else DeadLetter.State.RETRYING,
+        "attempts": attempts,
+        "error": f"{type(exc).__name__}: {exc}"[:4000],
+        "traceback": "".join(tb.format_exception(exc))[-20000:],
+        "last_failed_at": now,
+    }
+    task_id = request.id or f"local-{time.time_ns()}"
+    try:
+        with transaction.atomic():
+            updated = DeadLetter.objects.filter(task_id=task_id).update(**fields)
+            if not updated:
+                DeadLetter.objects.create(task_id=task_id, first_failed_at=now, **fields)
+    except Exception:  # the database may be what failed; the log line still tells
+        log.exception("could not record failure of task %s %s", task.name, task_id)
+    log.log(
+        logging.ERROR if final else logging.WARNING,
+        "task=%s id=%s attempt=%s %s: %s", task.name, task_id, attempts,
+        "dead" if final else "will retry", fields["error"],
+    )
+
+
+def _note_recovered(task) -> None:
+    if task.request.retries and task.request.id:
+        DeadLetter.objects.filter(
+            task_id=task.request.id, state=DeadLetter.State.RETRYING
+        ).update(state=DeadLetter.State.RECOVERED, resolved_at=timezone.now())
+
+
+def _retry_or_bury(task, exc: BaseException, *, base: float, cap: float, retryable: bool):
+    if retryable and task.request.retries < task.max_retries:
+        _note_failure(task, exc, final=False)
+        countdown = backoff_countdown(task.request.retries, base, cap)
+        raise task.retry(exc=exc, countdown=countdown)
+    _note_failure(task, exc, final=True)
+    raise exc
+
+
+def background_task(
+    name: str,
+    *,
+    queue: str = "default",
+    max_retries: int = 3,
+    backoff_base: float = 2.0,
+    backoff_cap: float = 30.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    time_limit: int = 300,
+    **options,
+) -> Callable:
+    """Declare a background task with the runtime's retry, dead-letter and metrics policy.
+
+    The function takes plain values (ids, strings) and does its work through a service.
+    Exceptions in `retry_on` are retried with backoff; others go straight to the dead letters.
+    """
+
+    def decorate(func: Callable):
+        TASK_QUEUES[name] = queue
+
+        @app.task(
+            name=name, bind=True, acks_late=True, max_retries=max_retries,
+            time_limit=time_limit, soft_time_limit=max(time_limit - 10, 1), **options,
+        )
+        @wraps(func)
+        def task(self, *args, **kwargs):
+            started = time.monotonic()
+            try:
+                result = func(*args, **kwargs)
+            except (Retry, Ignore):
+                raise
+            except Exception as exc:
+                metrics.record_task(name, "failed", time.monotonic() - started)
+                _retry_or_bury(
+                    self, exc, base=backoff_base, cap=backoff_cap,
+                    retryable=isinstance(exc, retry_on),
+                )
+            metrics.record_task(name, "succeeded", time.monotonic() - started)
+            _note_recovered(self)
+            return result
+
+        task.retry_policy = {"base": backoff_base, "cap": backoff_cap, "max_retries": max_retries}
+        return task
+
+    return decorate
+
+
+def register_job_task(job: Job) -> None:
+    """Make the Celery task `jobs.<name>` that runs the job through run_job."""
+    limit = int(job.time_limit.total_seconds())
+
+    def run(self, trigger: str = JobRun.Trigger.BEAT, dry_run: bool = False,
+            date: str | None = None, params: dict | None = None):
+        if self.request.retries:
+            trigger = JobRun.Trigger.RETRY
+        day = _parse_day(date)
+        try:
+            ledger = run_job(
+                job.name, trigger=trigger, dry_run=dry_run, day=day, params=params,
+                task_id=self.request.id or "", raise_errors=True,
+            )
+        except Exception as exc:
+            _retry_or_bury(self, exc, base=job.backoff_base, cap=job.backoff_cap, retryable=True)
+        _note_recovered(self)
+        return {"run_id": ledger.pk, "status": ledger.status, "counts": ledger.counts}
+
+    run.__name__ = f"job_{job.name}"
+    run.__doc__ = job.description
+    TASK_QUEUES[job.task_name] = job.queue
+    app.task(
+        run, name=job.task_name, bind=True, acks_late=True,
+        max_retries=job.max_retries, time_limit=limit + 60, soft_time_limit=limit,
+    )
+
+
+def _parse_day(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def _forget_job_task(job: Job) -> None:
+    app.tasks.pop(job.task_name, None)
+    TASK_QUEUES.pop(job.task_name, None)
+
+
+def _on_registry(event: str, job: Job) -> None:
+    if event == "registered":
+        register_job_task(job)
+    else:
+        _forget_job_task(job)
+
+
+registry.watch(_on_registry)
+
+
+@background_task("ops.outbox_relay", queue="default", max_retries=0)
+def outbox_relay_task() -> int:
+    """Publish outbox events whose publication after commit did not go through."""
+    return outbox_relay()
+
+
+@background_task("ops.alerts_evaluate", queue="default", max_retries=0)
+def alerts_evaluate_task() -> dict:
+    """Evaluate every job's alert rules (a job that stopped running cannot evaluate itself)."""
+    return alerts_evaluate()

@@ -1,0 +1,75 @@
+"""Capturing an authorized payment (or releasing it when its order can no longer be bought).
+
+Called by the payment_retry task, which the outbox's `payment.authorized` events start.
+Gateway calls are made only under the payment's claim, never inside a database transaction.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from django.utils import timezone
+
+from payments import gateway
+from payments.models import Payment
+from payments.services.claims import payment_claim, payment_release
+from payments.services.state import (
+    AUTHORIZED,
+    REFUNDED,
+    GatewayPayment,
+    capture_allowed,
+    mismatch,
+    payment_apply_observations,
+)
+
+log = logging.getLogger("payments.services")
+
+
+def payment_settle_authorized(*, payment_id: int) -> str:
+    """Capture an authorized payment while its order may still be bought, else refund it.
+
+    Fetches before acting, so a capture whose answer was lost is seen as captured and
+    never repeated; an "already captured" rejection is read the same way. Gateway
+    outages raise (the payment_retry task retries them with backoff).
+    """
+    if not payment_claim(payment_id=payment_id, statuses=(AUTHORIZED,)):
+        return "skipped"
+    try:
+        payment = Payment.objects.select_related("order").get(pk=payment_id)
+        gp = GatewayPayment.from_entity(gateway.fetch_payment(payment.razorpay_payment_id))
+        outcome = gp.status
+        row = {"amount_paise": payment.amount_paise, "currency": payment.currency}
+        if gp.status == AUTHORIZED and not mismatch(row, gp):
+            now = timezone.now()
+            if capture_allowed(order_status=payment.order.status, order_created_at=payment.order.created_at,
+                               authorized_since=gp.authorized_since, now=now):
+                gp, outcome = _capture(payment, gp), "captured"
+            else:
+                gp, outcome = refund_authorized(gp), "refunded"
+        payment_apply_observations(observations=[(payment_id, gp)], request_capture=False)
+        return outcome
+    finally:
+        payment_release(payment_ids=[payment_id])
+
+
+def _capture(payment: Payment, gp: GatewayPayment) -> GatewayPayment:
+    try:
+        return GatewayPayment.from_entity(
+            gateway.capture(payment.razorpay_payment_id, payment.amount_paise, payment.currency)
+        )
+    except gateway.GatewayRejected as exc:
+        now_at_gateway = GatewayPayment.from_entity(gateway.fetch_payment(payment.razorpay_payment_id))
+        if now_at_gateway.status == AUTHORIZED:
+            raise
+        log.info("capture of payment %s rejected (%s); the gateway has it %s",
+                 payment.pk, exc.description, now_at_gateway.status)
+        return now_at_gateway
+
+
+def refund_authorized(gp: GatewayPayment) -> GatewayPayment:
+    """Release an authorized payment that may no longer be captured (in full, as Razorpay requires)."""
+    try:
+        refund = gateway.refund(gp.id)
+    except gateway.GatewayRejected:  # refunded meanwhile (auto-refund, an earlier answer lost): ask
+        return GatewayPayment.from_entity(gateway.fetch_payment(gp.id))
+    return replace(gp, status=REFUNDED, amount_refunded=int(refund.get("amount") or gp.amount))

@@ -1,0 +1,173 @@
+"""order_cleanup's work: settle and close orders left pending past ORDER_TTL.
+
+It lives with the payments because every step is decided by an order's payments:
+their state at the gateway, whether money is still in flight, whether a payment
+was ever started. The order side (the expiration email, once) is the orders app's
+notification, announced through the outbox.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from ops.runtime.batches import Batch, run_batches
+from ops.runtime.outbox import outbox_add_many
+from orders.models import Order, OrderStatus
+from orders.services import ORDER_EXPIRED
+from payments.models import Payment, PaymentStatus
+from payments.services.settle import Observation, payments_settle, probe_order_payments, release_failed_calls
+from payments.services.capture import refund_authorized
+from payments.services.state import PAYABLE_ORDER_STATUSES, UNSETTLED, payment_apply_observations
+
+BATCH = 500
+
+
+def order_cleanup_overdue(*, dry_run: bool = False, concurrency: int = 4, batch_size: int = BATCH,
+                          now: datetime | None = None) -> Counter:
+    """Settle orders left pending past ORDER_TTL.
+
+    1. Their unsettled payments are looked up at Razorpay (claimed first): an authorized
+       one is refunded (never captured), a captured one makes the order paid, one that
+       never got a gateway payment is cancelled locally. A gateway error leaves the
+       order for the next run.
+    2. Order status follows payment status (captured → paid, refunded → refunded).
+    3. Orders with no money left in flight are closed. The orphan rule: an order with
+       no user, no internship, or no payment ever started is `cancelled` without an
+       email (there is no one to tell, or nothing they began to pay); every other one
+       is `expired` and its buyer gets the expiration email once.
+    """
+    now = now or timezone.now()
+    cutoff = now - settings.ORDER_TTL
+    counts: Counter = Counter()
+    counts.update(_settle_overdue_payments(cutoff=cutoff, now=now, concurrency=concurrency,
+                                           batch_size=batch_size, dry_run=dry_run))
+    counts.update(order_sync_payment_status(now=now, batch_size=batch_size, dry_run=dry_run))
+    counts.update(_close_overdue(cutoff=cutoff, now=now, batch_size=batch_size, dry_run=dry_run))
+    return counts
+
+
+def _release_probe(row: dict):
+    gp = probe_order_payments(row)
+    if gp is not None and gp.status == PaymentStatus.AUTHORIZED:
+        gp = refund_authorized(gp)
+    return gp
+
+
+def _never_paid(o: Observation) -> bool:
+    return not o.error and (o.payment is None or o.payment.status == PaymentStatus.CREATED)
+
+
+def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run) -> Counter:
+    overdue = Payment.objects.filter(
+        status__in=UNSETTLED, order__status=OrderStatus.PENDING, order__created_at__lt=cutoff,
+    )
+
+    def apply(observations: list[Observation], counts: Counter) -> None:
+        if dry_run:
+            for o in observations:
+                if o.payment is not None and o.payment.status == PaymentStatus.AUTHORIZED:
+                    counts["would_refund"] += 1
+                elif _never_paid(o):
+                    counts["would_cancel_payment"] += 1
+            return
+        never_paid = [o.row["pk"] for o in observations if _never_paid(o)]
+        with transaction.atomic():
+            applied = payment_apply_observations(
+                observations=[(o.row["pk"], o.payment) for o in observations if not o.error],
+                request_capture=False,
+            )
+            cancelled = Payment.objects.filter(pk__in=never_paid, status=PaymentStatus.CREATED).update(
+                status=PaymentStatus.CANCELLED, updated_at=now, claimed_until=None
+            )
+        counts.update({f"payments_{k}": v for k, v in applied.counts.items()})
+        counts["payments_cancelled"] += cancelled
+        release_failed_calls(observations)
+
+    counts = payments_settle(
+        overdue, probe=probe_order_payments if dry_run else _release_probe, apply=apply, dry_run=dry_run,
+        concurrency=concurrency, chunk_size=batch_size, now=now, label="overdue-orders",
+    )
+    # The settle loop's own tallies, kept under the names order_cleanup has always reported.
+    counts.pop("seen", None)
+    for key in [k for k in counts if k.startswith("gateway_error.")]:
+        counts.pop(key)
+    return counts
+
+
+def order_sync_payment_status(*, now: datetime | None = None, batch_size: int = BATCH,
+                              dry_run: bool = False) -> Counter:
+    """Orders whose status disagrees with their payments: captured → paid (announced), refunded → refunded."""
+    now = now or timezone.now()
+    counts: Counter = Counter()
+    captured = Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.CAPTURED, mismatch="")
+    unpaid = Order.objects.filter(status__in=PAYABLE_ORDER_STATUSES).filter(Exists(captured))
+    refunded = Order.objects.filter(status=OrderStatus.PAID).filter(
+        Exists(Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.REFUNDED))
+    ).exclude(Exists(Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.CAPTURED)))
+    if dry_run:
+        counts["would_mark_paid"] = unpaid.count()
+        counts["would_mark_refunded"] = refunded.count()
+        return counts
+
+    def mark_paid(after_id: int) -> Batch:
+        ids = list(unpaid.filter(pk__gt=after_id).select_for_update(skip_locked=True, of=("self",))
+                   .order_by("pk").values_list("pk", flat=True)[:batch_size])
+        Order.objects.filter(pk__in=ids).update(
+            status=OrderStatus.PAID, updated_at=now,
+            paid_at=Coalesce(Subquery(captured.order_by("captured_at").values("captured_at")[:1]), now),
+        )
+        outbox_add_many(("order.paid", {"order_id": pk}, f"order.paid:{pk}") for pk in ids)
+        return Batch(len(ids), ids[-1] if ids else None, more=len(ids) == batch_size)
+
+    def mark_refunded(after_id: int) -> Batch:
+        ids = list(refunded.filter(pk__gt=after_id).select_for_update(skip_locked=True, of=("self",))
+                   .order_by("pk").values_list("pk", flat=True)[:batch_size])
+        Order.objects.filter(pk__in=ids).update(status=OrderStatus.REFUNDED, refunded_at=now, updated_at=now)
+        return Batch(len(ids), ids[-1] if ids else None, more=len(ids) == batch_size)
+
+    counts["orders_marked_paid"] = run_batches(mark_paid).rows
+    counts["orders_marked_refunded"] = run_batches(mark_refunded).rows
+    return counts
+
+
+def _close_overdue(*, cutoff, now, batch_size, dry_run) -> Counter:
+    counts: Counter = Counter()
+    in_flight = Payment.objects.filter(
+        order=OuterRef("pk"),
+        status__in=(PaymentStatus.CREATED, PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED),
+    )
+    overdue = (
+        Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=cutoff)
+        .exclude(Exists(in_flight))
+        .annotate(started=Exists(Payment.objects.filter(order=OuterRef("pk"))))
+    )
+    if dry_run:
+        orphan = Q(user__isnull=True) | Q(internship__isnull=True) | Q(started=False)
+        counts["would_cancel_orphaned"] = overdue.filter(orphan).count()
+        counts["would_expire"] = overdue.exclude(orphan).count()
+        return counts
+
+    def close(after_id: int) -> Batch:
+        batch = list(
+            overdue.filter(pk__gt=after_id).select_for_update(skip_locked=True, of=("self",))
+            .order_by("pk").values("pk", "user_id", "internship_id", "started")[:batch_size]
+        )
+        orphans = {o["pk"] for o in batch if not (o["user_id"] and o["internship_id"] and o["started"])}
+        expired = [o["pk"] for o in batch if o["pk"] not in orphans]
+        Order.objects.filter(pk__in=orphans).update(status=OrderStatus.CANCELLED, cancelled_at=now, updated_at=now)
+        Order.objects.filter(pk__in=expired).update(status=OrderStatus.EXPIRED, expired_at=now, updated_at=now)
+        outbox_add_many(
+            ("order.expired", {"kind": ORDER_EXPIRED, "object_id": pk}, f"order.expired:{pk}") for pk in expired
+        )
+        counts["orders_cancelled_orphaned"] += len(orphans)
+        counts["orders_expired"] += len(expired)
+        return Batch(len(batch), batch[-1]["pk"] if batch else None, more=len(batch) == batch_size)
+
+    run_batches(close)
+    return counts

@@ -1,0 +1,145 @@
+"""The settle loop: claim payments, ask the gateway about them concurrently, apply the answers.
+
+`payments_settle` is the one loop behind payment_sync (payments pending too long)
+and order_cleanup (payments of orders past their TTL). Chunks of payments are
+claimed in pk order (skipping rows other workers hold) and every payment's
+gateway call is queued on `concurrency` threads. The next chunk is claimed and
+queued before this one is applied (in one transaction, on the calling thread),
+so the calls never stop while the database work and the publishing run. A
+payment whose call failed is released at once for the next run to try again.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Sequence
+
+from django.conf import settings
+from django.utils import timezone
+
+from payments import gateway
+from payments.models import Payment
+from payments.services.claims import claim_chunk, payment_release
+from payments.services.state import UNSETTLED, GatewayPayment, pick_attempt, plan, payment_apply_observations
+
+log = logging.getLogger("payments.services")
+
+SYNC_CHUNK = 500
+# What the loop reads of each claimed payment (a probe and `plan` use these).
+SETTLE_FIELDS = ("razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status",
+                 "refunded_paise", "mismatch", "order_id")
+
+Probe = Callable[[dict], "GatewayPayment | None"]
+Progress = Callable[[int, int | None, str], None]
+
+
+@dataclass
+class Observation:
+    row: dict
+    payment: GatewayPayment | None = None
+    error: str = ""
+
+
+def _observe_one(row: dict, probe: Probe) -> Observation:
+    try:
+        return Observation(row, probe(row))
+    except gateway.GatewayError as exc:
+        return Observation(row, None, type(exc).__name__)
+    except ValueError as exc:  # an answer we cannot read (unknown status...): this payment only
+        log.warning("payment %s: unreadable gateway answer: %s", row["pk"], exc)
+        return Observation(row, None, "UnreadableAnswer")
+
+
+def probe_order_payments(row: dict) -> GatewayPayment | None:
+    """The deciding attempt among the Razorpay order's payments (finds retries the customer made)."""
+    return pick_attempt(gateway.fetch_order_payments(row["razorpay_order_id"]))
+
+
+def payments_settle(
+    pending, *, probe: Probe, apply: Callable[[list[Observation], Counter], None], dry_run: bool,
+    concurrency: int, chunk_size: int = SYNC_CHUNK, now: datetime | None = None,
+    on_progress: Progress | None = None, label: str = "payments",
+) -> Counter:
+    """Settle the payments of queryset `pending`: claim, `probe(row)` on the pool, `apply(observations, counts)`.
+
+    `apply` runs once per chunk on this thread; it must release what it did not settle.
+    A dry run claims nothing (it reads without locking) and `apply` must write nothing.
+    """
+    if concurrency < 1 or chunk_size < 1:
+        raise ValueError("concurrency and chunk_size must be positive")
+    now = now or timezone.now()
+    total = pending.count()
+    counts: Counter = Counter()
+    queued: deque[list[Future]] = deque()
+    after, exhausted = 0, False
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"settle-{label}") as pool:
+        def queue_next() -> None:
+            nonlocal after, exhausted
+            rows = claim_chunk(pending.filter(pk__gt=after), size=chunk_size, now=now,
+                               fields=SETTLE_FIELDS, claim=not dry_run)
+            exhausted = len(rows) < chunk_size
+            if rows:
+                after = rows[-1]["pk"]
+                queued.append([pool.submit(_observe_one, row, probe) for row in rows])
+
+        try:
+            queue_next()
+            while queued:
+                # Two chunks queued: the pool works through the next one while this one is applied.
+                if not exhausted and len(queued) < 2:
+                    queue_next()
+                observations = [f.result() for f in queued.popleft()]
+                errors = Counter(o.error for o in observations if o.error)
+                for name, n in errors.items():
+                    counts[f"gateway_error.{name}"] += n
+                counts["gateway_errors"] += sum(errors.values())
+                apply(observations, counts)
+                counts["seen"] += len(observations)
+                if on_progress:
+                    on_progress(counts["seen"], total, label)
+        except BaseException:
+            # No more gateway calls for a run that stops; its claims lapse with their lease.
+            pool.shutdown(cancel_futures=True)
+            raise
+    return counts
+
+
+def release_failed_calls(observations: Sequence[Observation]) -> None:
+    """Free the payments whose gateway call failed: the next run (or another worker) tries again."""
+    failed = [o.row["pk"] for o in observations if o.error]
+    if failed:
+        payment_release(payment_ids=failed)
+
+
+def payment_sync_pending(
+    *, dry_run: bool = False, concurrency: int = 8, chunk_size: int = SYNC_CHUNK,
+    now: datetime | None = None, on_progress: Progress | None = None,
+) -> Counter:
+    """Reconcile payments left created/authorized longer than PAYMENT_SYNC_AFTER with Razorpay."""
+    now = now or timezone.now()
+    # A payment flagged as a mismatch waits for a human, not for the next sync.
+    pending = Payment.objects.filter(
+        status__in=UNSETTLED, updated_at__lt=now - settings.PAYMENT_SYNC_AFTER, mismatch=""
+    )
+
+    def apply(observations: list[Observation], counts: Counter) -> None:
+        if dry_run:
+            for o in observations:
+                action = plan(o.row, o.payment)
+                if action:
+                    counts[f"would_{action}"] += 1
+            return
+        applied = payment_apply_observations(
+            observations=[(o.row["pk"], o.payment) for o in observations if not o.error]
+        )
+        counts.update(applied.counts)
+        counts["captured_paise"] += applied.captured_paise
+        release_failed_calls(observations)
+
+    return payments_settle(
+        pending, probe=probe_order_payments, apply=apply, dry_run=dry_run, concurrency=concurrency,
+        chunk_size=chunk_size, now=now, on_progress=on_progress,
+    )
