@@ -5,11 +5,6 @@ import redis
 from django.conf import settings
 
 
-def raw_cache_key(key: str, key_prefix: str, version: int) -> str:
-    """Django cache key function that keeps keys as written (`cart:<token>`)."""
-    return key
-
-
 @lru_cache(maxsize=None)
 def _client(url: str, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(

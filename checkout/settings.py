@@ -63,7 +63,7 @@ WSGI_APPLICATION = "checkout.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -116,29 +116,9 @@ _db["TEST"] = {"NAME": "test_checkout" + env_str("CHECKOUT_TEST_DB_SUFFIX")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- redis, cache -------------------------------------------------------------
+# --- redis --------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0)
-if REDIS_URL:
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            # Keys are written as given (`cart:<token>`), so jobs can find them.
-            "KEY_FUNCTION": "checkout.redis.raw_cache_key",
-            "OPTIONS": {
-                "socket_timeout": REDIS_SOCKET_TIMEOUT,
-                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
-            },
-        }
-    }
-else:
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "KEY_FUNCTION": "checkout.redis.raw_cache_key",
-        }
-    }
 
 # --- celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://localhost/"
@@ -149,7 +129,6 @@ CELERY_TASK_ALWAYS_EAGER = env_bool(
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
-CELERY_CACHE_BACKEND = "default"
 CELERY_TIMEZONE = CHECKOUT_TIME_ZONE
 CELERY_BEAT_SCHEDULER = "ops.runtime.scheduler:CatchUpScheduler"
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.utils import timezone
 
+from checkout import db
 from checkout.timezones import local_zone
 from ops.maintenance.models import Backup
 
@@ -285,7 +286,7 @@ def _fsync(path: Path) -> None:
 
 
 def _check_file(path: Path, vendor: str) -> int:
-    if vendor == "postgresql":
+    if vendor == db.POSTGRESQL:
         return _pg_toc_entries(path)
     return _sqlite_check(path)
 
@@ -296,8 +297,8 @@ def backup_create(*, restore_check: bool = False) -> Backup:
     The Backup row is written first and marked failed on error, so a failed
     night is visible in the admin too.
     """
-    vendor = connections[DEFAULT_DB_ALIAS].vendor
-    if vendor not in {"postgresql", "sqlite"}:
+    vendor = db.vendor()
+    if vendor not in db.SUPPORTED:
         raise BackupError(f"no backup method for {vendor}")
     backup = Backup.objects.create(vendor=vendor, status=Backup.Status.RUNNING)
     started = time.monotonic()
@@ -306,12 +307,12 @@ def backup_create(*, restore_check: bool = False) -> Backup:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        counts = _dump_postgres(tmp) if vendor == "postgresql" else _copy_sqlite(tmp)
+        counts = _dump_postgres(tmp) if vendor == db.POSTGRESQL else _copy_sqlite(tmp)
         os.chmod(tmp, 0o600)
         _fsync(tmp)
         entries = _check_file(tmp, vendor)
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-        suffix = "dump" if vendor == "postgresql" else "sqlite3"
+        suffix = "dump" if vendor == db.POSTGRESQL else "sqlite3"
         final = directory / f"{_database_label()}-{stamp}-{backup.pk}.{suffix}"
         os.replace(tmp, final)
         _fsync(directory)
@@ -341,7 +342,7 @@ def backup_create(*, restore_check: bool = False) -> Backup:
 
 
 def _database_label() -> str:
-    name = Path(_database_name()).stem if connections[DEFAULT_DB_ALIAS].vendor == "sqlite" else _database_name()
+    name = Path(_database_name()).stem if db.is_sqlite() else _database_name()
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:64] or "database"
 
 
@@ -370,7 +371,7 @@ def backup_restore(backup: Backup, *, database: str, replace: bool = False) -> d
     """
     backup_verify(backup)
     live = _database_name()
-    if backup.vendor == "postgresql":
+    if backup.vendor == db.POSTGRESQL:
         if database == live:
             raise BackupError("refusing to restore over the live database; restore into a new one")
         return _pg_restore(backup_path(backup), database, replace=replace)
@@ -386,7 +387,7 @@ def backup_restore(backup: Backup, *, database: str, replace: bool = False) -> d
 
 def backup_restore_check(backup: Backup) -> dict:
     """Restore into a scratch database and compare the main tables' row counts with the backup's."""
-    if backup.vendor == "postgresql":
+    if backup.vendor == db.POSTGRESQL:
         scratch = f"{_database_name()}_restore_check"[:63]
     else:
         scratch = str(backup_dir() / f"{PARTIAL_PREFIX}restore-check-{backup.pk}.sqlite3")
@@ -394,7 +395,7 @@ def backup_restore_check(backup: Backup) -> dict:
     try:
         restored = backup_restore(backup, database=scratch, replace=True)
     finally:
-        if backup.vendor == "postgresql":
+        if backup.vendor == db.POSTGRESQL:
             _pg_drop_database(scratch)
         else:
             Path(scratch).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, Sum
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -20,6 +20,7 @@ from ops.runtime import metrics as task_metrics
 from ops.maintenance import selectors
 from ops.maintenance.models import HealthCheck, JobRunTally
 from ops.runtime.models import JobRun
+from ops.runtime.status import job_statuses
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ def _job_metrics():
     )
     last_success = GaugeMetricFamily(
         "checkout_job_last_success_timestamp_seconds", "End of the job's last successful run",
+        labels=["job"],
+    )
+    late = GaugeMetricFamily(
+        "checkout_job_late", "1 when a scheduled job has not succeeded within twice its interval",
         labels=["job"],
     )
     ledger = JobRun.objects.filter(dry_run=False)
@@ -59,13 +64,11 @@ def _job_metrics():
         acc[1] += seconds
     for job, (count, seconds) in by_job.items():
         durations.add_metric([job], count_value=count, sum_value=seconds)
-    for job, finished_at in (
-        ledger.filter(status=JobRun.Status.SUCCESS).values_list("job")
-        .annotate(last=Max("finished_at")).order_by("job")
-    ):
-        if finished_at is not None:
-            last_success.add_metric([job], finished_at.timestamp())
-    return [runs, durations, last_success]
+    for job, status in job_statuses().items():
+        if status.last_success_at is not None:
+            last_success.add_metric([job], status.last_success_at.timestamp())
+        late.add_metric([job], 1 if status.late else 0)
+    return [runs, durations, last_success, late]
 
 
 def _task_metrics():

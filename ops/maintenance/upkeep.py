@@ -9,11 +9,13 @@ from typing import Callable
 
 from django.apps import apps
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
+from checkout import db
 from ops.maintenance.models import DbSnapshot, JobRunTally
+from ops.runtime.batches import Batch, run_batches
 from ops.runtime.models import DeadLetter, JobRun
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def database_optimize(*, dry_run: bool = False) -> dict:
     VACUUM cannot run inside a transaction block, so it goes through a fresh
     autocommit connection of its own, whatever transaction the caller is in.
     """
-    vendor = connections[DEFAULT_DB_ALIAS].vendor
+    vendor = db.vendor()
     tables = hot_tables()
     if dry_run:
         return {"vendor": vendor, "tables": tables, "timings_ms": {}}
@@ -58,7 +60,7 @@ def database_optimize(*, dry_run: bool = False) -> dict:
         conn.ensure_connection()
         conn.set_autocommit(True)
         with conn.cursor() as cursor:
-            if vendor == "postgresql":
+            if db.is_postgres():
                 for table in tables:
                     started = time.monotonic()
                     cursor.execute(f"VACUUM (ANALYZE) {conn.ops.quote_name(table)}")
@@ -143,34 +145,29 @@ def database_cleanup(
         if dry_run:
             deleted[prune.name] = queryset.count()
             continue
-        total = 0
-        last_pk = None
-        while True:
-            page = queryset.order_by("pk")
-            if last_pk is not None:
-                page = page.filter(pk__gt=last_pk)
-            ids = list(page.values_list("pk", flat=True)[:batch])
+
+        def step(after_id: int, prune=prune, queryset=queryset) -> Batch:
+            ids = list(queryset.filter(pk__gt=after_id).order_by("pk").values_list("pk", flat=True)[:batch])
             if not ids:
-                break
-            with transaction.atomic():
-                # Re-applies the age filter: a row touched since the id was read is kept.
-                doomed = queryset.filter(pk__in=ids)
-                if prune.before_delete is not None:
-                    doomed = queryset.model._default_manager.filter(
-                        pk__in=list(doomed.select_for_update().values_list("pk", flat=True))
-                    )
-                    prune.before_delete(doomed)
-                # Counted: rows of the pruned table itself, not the rows that cascade with them.
-                total += doomed.delete()[1].get(queryset.model._meta.label, 0)
-            last_pk = ids[-1]
-            if on_batch is not None:
-                on_batch(prune.name, total)
-            if len(ids) < batch:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                deleted[prune.name] = total
-                return deleted, False
-        deleted[prune.name] = total
+                return Batch(0, None)
+            # Re-applies the age filter: a row touched since the id was read is kept.
+            doomed = queryset.filter(pk__in=ids)
+            if prune.before_delete is not None:
+                doomed = queryset.model._default_manager.filter(
+                    pk__in=list(doomed.select_for_update().values_list("pk", flat=True))
+                )
+                prune.before_delete(doomed)
+            # Counted: rows of the pruned table itself, not the rows that cascade with them.
+            gone = doomed.delete()[1].get(queryset.model._meta.label, 0)
+            return Batch(gone, ids[-1], more=len(ids) == batch)
+
+        progress = run_batches(
+            step, deadline=deadline,
+            on_batch=None if on_batch is None else lambda p, name=prune.name: on_batch(name, p.rows),
+        )
+        deleted[prune.name] = progress.rows
+        if not progress.done:
+            return deleted, False
     return deleted, True
 
 
@@ -262,7 +259,7 @@ def database_snapshot_take(*, dry_run: bool = False) -> tuple[DbSnapshot, list[s
     """Measure the database, store the snapshot (unless dry-run) and return it with its breaches."""
     conn = connections[DEFAULT_DB_ALIAS]
     with conn.cursor() as cursor:
-        data = _pg_snapshot(cursor) if conn.vendor == "postgresql" else _sqlite_snapshot(cursor)
+        data = _pg_snapshot(cursor) if db.is_postgres() else _sqlite_snapshot(cursor)
     breaches = breaches_of(data)
     snapshot = DbSnapshot(vendor=conn.vendor, breaches=breaches, **data)
     if not dry_run:

@@ -13,6 +13,8 @@ from typing import Mapping
 from django.db import connections, models, router
 from django.db.models import Case, Value, When
 
+from checkout.db import is_postgres
+
 # Rows per statement: far below PostgreSQL's 65,535 parameters for any sane number of columns.
 ROWS_PER_STATEMENT = 1000
 
@@ -35,7 +37,7 @@ def update_by_pk(model: type[models.Model], per_row: Mapping[str, Mapping[int, o
         return 0
     alias = router.db_for_write(model)
     connection = connections[alias]
-    if connection.vendor != "postgresql":
+    if not is_postgres(alias):
         return _update_case(model, alias, pks, per_row, same)
     updated = 0
     for start in range(0, len(pks), ROWS_PER_STATEMENT):

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Callable
 
+from django.utils import timezone
+
 from ops.runtime.models import JobRun
 from ops.runtime.registry import Job
 
 ProgressCallback = Callable[[int, int | None, str], None]
+# Seconds between two heartbeats of a running job (each is one UPDATE of its ledger row).
+HEARTBEAT_EVERY = 5.0
 
 
 @dataclass
@@ -34,6 +38,7 @@ class JobContext:
     on_progress: ProgressCallback | None = None
     continuation: dict | None = None
     started: float = field(default_factory=time.monotonic)
+    _last_heartbeat: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def log(self) -> logging.Logger:
@@ -44,8 +49,19 @@ class JobContext:
         self.counts[key] += n
 
     def progress(self, done: int, total: int | None = None, label: str = "") -> None:
+        """Report progress (a bar for runjob) and, every HEARTBEAT_EVERY seconds, leave a heartbeat."""
         if self.on_progress is not None:
             self.on_progress(done, total, label)
+        self.heartbeat()
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        """Store `heartbeat_at` and the counts so far on the run's row, at most every HEARTBEAT_EVERY
+        seconds: a run that dies keeps what it did in the ledger, and a live one shows it is alive."""
+        now = time.monotonic()
+        if not force and now - self._last_heartbeat < HEARTBEAT_EVERY:
+            return
+        self._last_heartbeat = now
+        JobRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now(), counts=dict(self.counts))
 
     def deadline(self, budget_s: float) -> float:
         """The monotonic instant `budget_s` seconds after the run started: bulk work stops between batches then."""

@@ -38,9 +38,10 @@ def run_open(job: str, *, trigger: str, dry_run: bool, params: dict, task_id: st
     JobRun.objects.filter(job=job, status=JobRun.Status.RUNNING).update(
         status=JobRun.Status.FAILED, finished_at=timezone.now(), error=HOLDER_DIED,
     )
+    now = timezone.now()
     return JobRun.objects.create(
         job=job, trigger=trigger, dry_run=dry_run, params=params, status=JobRun.Status.RUNNING,
-        started_at=timezone.now(), task_id=task_id or "", **_where(),
+        started_at=now, heartbeat_at=now, task_id=task_id or "", **_where(),
     )
 
 

@@ -3,8 +3,8 @@ import pytest
 from django.db import connection
 
 from carts.models import Cart
-from ops.demo import data as demo_data
 from ops.demo.data import SeedPlan, demo_data_seed
+from ops.demo.data.generate import Generator
 from orders.models import Order
 
 pytestmark = pytest.mark.postgres
@@ -54,7 +54,7 @@ def test_a_seed_that_fails_mid_load_leaves_the_schema_and_the_tables_as_they_wer
     # given
     before = _schema()
     placed = 0
-    order = demo_data._Generator._order
+    order = Generator._order
 
     def failing_order(self, *args):
         nonlocal placed
@@ -63,7 +63,7 @@ def test_a_seed_that_fails_mid_load_leaves_the_schema_and_the_tables_as_they_wer
             raise RuntimeError("generator failed")
         order(self, *args)
 
-    monkeypatch.setattr(demo_data._Generator, "_order", failing_order)
+    monkeypatch.setattr(Generator, "_order", failing_order)
 
     # when
     with pytest.raises(RuntimeError, match="generator failed"):

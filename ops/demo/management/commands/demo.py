@@ -16,7 +16,8 @@ from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 
 from carts.models import Cart
-from ops.demo.data import SeedPlan, demo_data_seed, fake_gateway_populate, one_line_errors
+from ops.demo.data import SeedPlan, demo_data_seed, fake_gateway_populate
+from ops.demo.management.commands._cli import one_line_errors
 from ops.runtime.models import JobRun
 from ops.runtime.registry import all_jobs
 from checkout.timezones import local_today

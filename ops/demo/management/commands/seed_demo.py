@@ -1,7 +1,8 @@
 """`manage.py seed_demo`: realistic checkout data over the last days, bulk-loaded."""
 from django.core.management.base import BaseCommand, CommandError
 
-from ops.demo.data import SeedPlan, demo_data_reset, demo_data_seed, one_line_errors
+from ops.demo.data import SeedPlan, demo_data_reset, demo_data_seed
+from ops.demo.management.commands._cli import one_line_errors
 
 
 class Command(BaseCommand):
