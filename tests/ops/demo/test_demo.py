@@ -39,9 +39,10 @@ def test_demo_runs_end_to_end_on_a_fresh_sqlite_file(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = done.stdout.split("== summary", 1)[1]
     lines = {line.split()[0]: line for line in summary.splitlines()[3:] if line[:1].strip()}
-    for name in sorted(_project_jobs()):
-        assert name in lines, f"{name} missing from the summary:\n{summary}"
-        assert lines[name].split()[1] in {"success", "skipped", "failed"}
+    # every job succeeds, but the Redis check, which has no Redis to check here
+    expected = {name: "success" for name in _project_jobs()} | {"cache_health": "skipped"}
+    got = {name: lines[name].split()[1] if name in lines else "missing" for name in expected}
+    assert got == expected, summary
     assert "user 'admin', password '" in done.stdout
     # and the data, the ledger and the admin user are in the file
     with sqlite3.connect(database) as db:

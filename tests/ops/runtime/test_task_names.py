@@ -58,13 +58,13 @@ def test_registered_task_names_match_the_snapshot():
     if added:
         message.append(
             "new task names are registered; if that is intended, add these lines to TASK_NAMES in "
-            "tests/ops/test_task_names.py:\n" + "\n".join(f'    "{name}",' for name in added)
+            "tests/ops/runtime/test_task_names.py:\n" + "\n".join(f'    "{name}",' for name in added)
         )
     if gone:
         message.append(
             "these task names are no longer registered; messages already queued or beat rows that "
             "use them would be stranded. Restore the names, or (after draining queues and syncing "
-            "schedules) remove these lines from TASK_NAMES in tests/ops/test_task_names.py:\n"
+            "schedules) remove these lines from TASK_NAMES in tests/ops/runtime/test_task_names.py:\n"
             + "\n".join(f'    "{name}",' for name in gone)
         )
     assert not message, "\n\n".join(message)

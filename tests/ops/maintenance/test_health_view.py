@@ -11,7 +11,7 @@ from ops.maintenance.models import HealthCheck
 from ops.maintenance.services import health_record
 from ops.runtime.registry import all_jobs
 from ops.runtime.runner import run_job
-from tests.maintenance.conftest import free_port
+from tests.ops.maintenance.conftest import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
