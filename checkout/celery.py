@@ -15,6 +15,7 @@ app = Celery("checkout")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 QUEUES = ("high", "default", "maintenance")
+VISIBILITY_TIMEOUT = 3 * 60 * 60
 
 app.conf.update(
     task_serializer="json",
@@ -33,8 +34,11 @@ app.conf.update(
     task_soft_time_limit=55 * 60,
     worker_prefetch_multiplier=1,
     worker_send_task_events=True,
-    # Redis redelivers unacknowledged messages after this; longer than any task.
-    broker_transport_options={"visibility_timeout": 2 * 60 * 60},
+    # Redis redelivers unacknowledged messages after this: longer than any task's hard
+    # time limit (the runtime refuses a job whose limit does not fit), so a slow run is
+    # never delivered a second time while it still runs. A worker that died is noticed
+    # much sooner by its runs' heartbeats (ops.runtime.sweep).
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
     broker_connection_retry_on_startup=True,
     result_expires=None,  # db_cleanup prunes results
 )

@@ -4,6 +4,7 @@ A job body is a plain function `func(ctx) -> dict | None`. It counts what it did
 with `ctx.add(...)`, reports progress with `ctx.progress(...)`, stops between
 batches once `ctx.deadline` has passed, and asks for a follow-up chunk with
 `ctx.continue_later(...)`; the runtime queues that chunk, counts it and caps it.
+While the body runs, a heartbeat stores the counts so far (ops.runtime.heartbeat).
 """
 from __future__ import annotations
 
@@ -14,14 +15,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Callable
 
-from django.utils import timezone
-
 from ops.runtime.models import JobRun
 from ops.runtime.registry import Job
 
 ProgressCallback = Callable[[int, int | None, str], None]
-# Seconds between two heartbeats of a running job (each is one UPDATE of its ledger row).
-HEARTBEAT_EVERY = 5.0
 
 
 @dataclass
@@ -38,7 +35,6 @@ class JobContext:
     on_progress: ProgressCallback | None = None
     continuation: dict | None = None
     started: float = field(default_factory=time.monotonic)
-    _last_heartbeat: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def log(self) -> logging.Logger:
@@ -49,19 +45,8 @@ class JobContext:
         self.counts[key] += n
 
     def progress(self, done: int, total: int | None = None, label: str = "") -> None:
-        """Report progress (a bar for runjob) and, every HEARTBEAT_EVERY seconds, leave a heartbeat."""
         if self.on_progress is not None:
             self.on_progress(done, total, label)
-        self.heartbeat()
-
-    def heartbeat(self, *, force: bool = False) -> None:
-        """Store `heartbeat_at` and the counts so far on the run's row, at most every HEARTBEAT_EVERY
-        seconds: a run that dies keeps what it did in the ledger, and a live one shows it is alive."""
-        now = time.monotonic()
-        if not force and now - self._last_heartbeat < HEARTBEAT_EVERY:
-            return
-        self._last_heartbeat = now
-        JobRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now(), counts=dict(self.counts))
 
     def deadline(self, budget_s: float) -> float:
         """The monotonic instant `budget_s` seconds after the run started: bulk work stops between batches then."""

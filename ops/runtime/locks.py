@@ -62,11 +62,25 @@ class JobLock:
         self.release()
 
 
+# The server probes an idle lock session after this many seconds, then every interval,
+# and ends it after `count` probes go unanswered: a lock held by a host that vanished
+# (power, network) is freed in about 25 s instead of the kernel's two hours.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+
+
 def _new_connection():
     # Separate from the ORM's connection, so that a job's own transactions, or
     # Django closing its connection between requests, never drop the lock.
     conn = connections.create_connection(DEFAULT_DB_ALIAS)
     conn.ensure_connection()
+    if is_postgres():
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('tcp_keepalives_idle', %s, false),"
+                " set_config('tcp_keepalives_interval', %s, false),"
+                " set_config('tcp_keepalives_count', %s, false)",
+                [str(KEEPALIVE_IDLE), str(KEEPALIVE_INTERVAL), str(KEEPALIVE_COUNT)],
+            )
     return conn
 
 

@@ -18,17 +18,21 @@ from typing import Callable
 
 from celery.exceptions import Ignore, Retry
 from celery.signals import worker_init, worker_process_init
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from checkout.celery import app
+from checkout.celery import VISIBILITY_TIMEOUT, app
 from ops.runtime import locks, metrics, registry
 from ops.runtime.alerts import alerts_evaluate
 from ops.runtime.dispatch import TASK_QUEUES
+from ops.runtime.ledger import HOLDER_DIED
 from ops.runtime.models import DeadLetter, JobRun
 from ops.runtime.outbox import outbox_relay
 from ops.runtime.registry import Job
 from ops.runtime.runner import run_job
+from ops.runtime.sweep import WORKER_LOST, runs_sweep
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +148,36 @@ def background_task(
     return decorate
 
 
+# A job task whose runs lost their worker this many times (the process died under it:
+# out of memory, a crash in a C extension) is not run again: it goes to the dead letters.
+MAX_LOST_DELIVERIES = 3
+
+
+def _lost_deliveries(task_id: str) -> int:
+    return JobRun.objects.filter(task_id=task_id, status=JobRun.Status.FAILED).filter(
+        Q(error__startswith=WORKER_LOST.split(":", 1)[0]) | Q(error=HOLDER_DIED)
+    ).count()
+
+
 def register_job_task(job: Job) -> None:
     """Make the Celery task `jobs.<name>` that runs the job through run_job."""
     limit = int(job.time_limit.total_seconds())
+    if limit + 60 >= VISIBILITY_TIMEOUT:
+        raise ImproperlyConfigured(
+            f"job {job.name}: a time limit of {limit} s does not fit the broker's visibility timeout "
+            f"({VISIBILITY_TIMEOUT} s): a run still going would be delivered again"
+        )
 
     def run(self, trigger: str = JobRun.Trigger.BEAT, dry_run: bool = False,
             date: str | None = None, params: dict | None = None):
         if self.request.retries:
             trigger = JobRun.Trigger.RETRY
+        redelivered = (self.request.delivery_info or {}).get("redelivered")
+        if redelivered and self.request.id and _lost_deliveries(self.request.id) >= MAX_LOST_DELIVERIES:
+            # Poison: every delivery of this message killed its worker. Stop here, say why.
+            exc = RuntimeError(f"its worker died {MAX_LOST_DELIVERIES} times running it (poison task)")
+            _note_failure(self, exc, final=True)
+            raise Ignore()
         day = _parse_day(date)
         try:
             ledger = run_job(
@@ -195,6 +221,12 @@ registry.watch(_on_registry)
 def outbox_relay_task() -> int:
     """Publish outbox events whose publication after commit did not go through."""
     return outbox_relay()
+
+
+@background_task("ops.runs_sweep", queue="default", max_retries=0)
+def runs_sweep_task() -> dict:
+    """Fail the runs whose worker was lost (no heartbeat) and queue their jobs again."""
+    return runs_sweep()
 
 
 @background_task("ops.alerts_evaluate", queue="default", max_retries=0)

@@ -1,5 +1,6 @@
 """The runtime's shared parts: declared parameters, follow-up chunks with their cap, the bounded
 batch loop, heartbeats, and the one job-status selector (interval and "late" from the schedule as it is)."""
+import time
 from datetime import date, datetime, timedelta, timezone as dt_timezone
 from io import StringIO
 
@@ -9,7 +10,7 @@ from django.core.management import call_command
 from django.db import IntegrityError
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from ops.runtime import context, params
+from ops.runtime import heartbeat, params
 from ops.runtime.batches import Batch, run_batches
 from ops.runtime.errors import JobError
 from ops.runtime.models import JobRun, ManagedSchedule
@@ -135,23 +136,32 @@ def test_a_batch_refused_by_a_conflict_runs_once_more_when_asked():
 
 # --- heartbeats --------------------------------------------------------------------------------
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_running_job_leaves_heartbeats_with_its_counts_so_far(monkeypatch):
-    monkeypatch.setattr(context, "HEARTBEAT_EVERY", 0.0)
+    # given heartbeats every 50 ms, and a job body busy with something that reports nothing
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_EVERY", 0.05)
     seen = []
 
     @job("runtime_heartbeat_job")
     def runtime_heartbeat_job(ctx):
         ctx.add("done", 2)
-        ctx.progress(2, 4, "rows")
-        seen.append(JobRun.objects.values("heartbeat_at", "counts", "status").get(pk=ctx.run.pk))
+        started = JobRun.objects.values_list("heartbeat_at", flat=True).get(pk=ctx.run.pk)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            row = JobRun.objects.values("heartbeat_at", "counts", "status").get(pk=ctx.run.pk)
+            if row["heartbeat_at"] != started and row["counts"]:
+                seen.append(row)
+                return
+            time.sleep(0.02)  # the test waits for another thread's write; no worker sleeps
 
     try:
         run = run_job("runtime_heartbeat_job")
     finally:
         unregister("runtime_heartbeat_job")
-    assert seen[0]["status"] == "running" and seen[0]["counts"] == {"done": 2}
-    assert seen[0]["heartbeat_at"] is not None and run.heartbeat_at is not None
+
+    # then the row showed the run alive, with its counts so far, while it ran
+    assert seen and seen[0]["status"] == "running" and seen[0]["counts"] == {"done": 2}
+    assert run.status == "success" and run.heartbeat_at is not None
 
 
 # --- job status --------------------------------------------------------------------------------

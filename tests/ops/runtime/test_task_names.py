@@ -32,6 +32,7 @@ TASK_NAMES = {
     # the runtime's own
     "ops.alerts_evaluate",
     "ops.outbox_relay",
+    "ops.runs_sweep",
 }
 
 
