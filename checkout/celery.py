@@ -29,7 +29,9 @@ app.conf.update(
     # the worker running it dies, so a killed worker loses nothing.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    task_track_started=True,
+    # No STARTED state: storing it happens before the task body, so a database that is
+    # down then would fail, and so drop, a task that never ran. The run ledger says what runs.
+    task_track_started=False,
     task_time_limit=60 * 60,
     task_soft_time_limit=55 * 60,
     worker_prefetch_multiplier=1,

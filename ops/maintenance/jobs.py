@@ -43,7 +43,7 @@ def alerts_on_failure(func):
                     detail={"run_id": ctx.run.pk, "not_run": stopped},
                 )
             if isinstance(exc, backups.BackupError):
-                raise JobError(str(exc)) from exc
+                raise JobError(str(exc), retryable=True) from exc
             raise
         if not ctx.dry_run:
             alert_clear(job=ctx.job.name)

@@ -2,7 +2,16 @@
 
 
 class JobError(Exception):
-    """A clear, expected failure: the message is the whole story, so no traceback is kept."""
+    """A clear, expected failure: the message is the whole story, so no traceback is kept.
+
+    Not retried unless `retryable`: a bad parameter or a missing credential fails the
+    same way every time, so the run fails at once with one line and lands in the dead
+    letters, instead of retrying into the same wall.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class JobSkipped(Exception):

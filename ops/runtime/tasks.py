@@ -27,6 +27,7 @@ from checkout.celery import VISIBILITY_TIMEOUT, app
 from ops.runtime import locks, metrics, registry
 from ops.runtime.alerts import alerts_evaluate
 from ops.runtime.dispatch import TASK_QUEUES
+from ops.runtime.errors import JobError
 from ops.runtime.ledger import HOLDER_DIED
 from ops.runtime.models import DeadLetter, JobRun
 from ops.runtime.outbox import outbox_relay
@@ -185,7 +186,8 @@ def register_job_task(job: Job) -> None:
                 task_id=self.request.id or "", raise_errors=True,
             )
         except Exception as exc:
-            _retry_or_bury(self, exc, base=job.backoff_base, cap=job.backoff_cap, retryable=True)
+            retryable = not isinstance(exc, JobError) or exc.retryable
+            _retry_or_bury(self, exc, base=job.backoff_base, cap=job.backoff_cap, retryable=retryable)
         _note_recovered(self)
         return {"run_id": ledger.pk, "status": ledger.status, "counts": ledger.counts}
 

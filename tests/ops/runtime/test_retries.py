@@ -71,6 +71,20 @@ def test_failing_job_retries_with_backoff_then_lands_in_dead_letters(retry_count
     assert letter.first_failed_at <= letter.last_failed_at
 
 
+def test_a_job_failing_for_a_reason_retries_cannot_change_is_not_retried(retry_countdowns):
+    # a bad parameter (or a missing credential) fails the same way every time
+    seen, spy = retry_countdowns
+    spy(job_task("ops_test_job"))
+
+    enqueue_job("ops_test_job", params={"steps": "many"})
+
+    assert seen == []
+    run = JobRun.objects.get()
+    assert run.status == JobRun.Status.FAILED and run.error == "JobError: steps must be an integer, not 'many'"
+    letter = DeadLetter.objects.get()
+    assert letter.state == DeadLetter.State.DEAD and letter.attempts == 1
+
+
 def test_background_task_retries_only_retryable_errors(retry_countdowns):
     seen, spy = retry_countdowns
     task = app.tasks["ops_test.flaky"]
