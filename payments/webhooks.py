@@ -143,10 +143,19 @@ def webhook_event_apply(*, event_id: int) -> str:
     return outcome
 
 
+def _dig(value, *keys):
+    """value[k1][k2]... where every step is an object; None as soon as one is not (a signed but malformed body)."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
 def _apply_event(event) -> str:
     if event.event not in HANDLED_EVENTS:
         return "ignored"
-    entity = ((event.payload.get("payload") or {}).get("payment") or {}).get("entity")
+    entity = _dig(event.payload, "payload", "payment", "entity")
     if not isinstance(entity, dict):
         return "no payment entity in the payload"
     try:
@@ -154,7 +163,7 @@ def _apply_event(event) -> str:
     except (KeyError, TypeError, ValueError) as exc:
         return f"unreadable payment entity: {exc}"[:255]
     match = Q(razorpay_payment_id=gp.id)
-    if entity.get("order_id"):
+    if isinstance(entity.get("order_id"), str) and entity["order_id"]:
         match |= Q(razorpay_order_id=entity["order_id"])
     pk = Payment.objects.filter(match).order_by("pk").values_list("pk", flat=True).first()
     if pk is None:

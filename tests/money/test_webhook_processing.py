@@ -89,3 +89,18 @@ def test_event_for_an_unknown_payment_is_recorded_not_retried(
         deliver(client, "payment.captured", entity, event_id="evt_unknown")
     event = WebhookEvent.objects.get(event_id="evt_unknown")
     assert event.processed_at is not None and "no payment" in event.error
+
+
+@pytest.mark.parametrize("payment", [[1, 2], "pay_x", {"entity": ["not", "an", "object"]}, None])
+def test_a_signed_but_malformed_event_is_recorded_as_such_not_a_crashed_task(
+        client, fake_gateway, django_capture_on_commit_callbacks, payment):
+    body = json.dumps({"entity": "event", "event": "payment.captured", "payload": {"payment": payment}}).encode()
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/payments/webhooks/razorpay/", data=body, content_type="application/json",
+            HTTP_X_RAZORPAY_SIGNATURE=signature, HTTP_X_RAZORPAY_EVENT_ID="evt_malformed",
+        )
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get(event_id="evt_malformed")
+    assert event.processed_at is not None and event.error == "no payment entity in the payload"
