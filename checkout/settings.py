@@ -131,6 +131,22 @@ CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = CHECKOUT_TIME_ZONE
 CELERY_BEAT_SCHEDULER = "ops.runtime.scheduler:CatchUpScheduler"
+# Any number of beats run; one leads on a lease (ops.runtime.beat). The tick is how often each
+# beat wakes: the leader renews its lease and sends what is due, a standby checks whether the
+# lease expired. A standby takes over within a tick of the expiry, so a failover lasts about
+# BEAT_LEASE; the lease spans several ticks so that one slow tick does not cost the lead.
+BEAT_TICK = env_float("BEAT_TICK", 1.0)
+BEAT_LEASE = env_duration("BEAT_LEASE", timedelta(seconds=5))
+if not 0 < BEAT_TICK <= BEAT_LEASE.total_seconds() / 3:
+    raise ImproperlyConfigured(
+        f"BEAT_TICK={BEAT_TICK} must be positive and at most a third of BEAT_LEASE ({BEAT_LEASE})"
+    )
+CELERY_BEAT_MAX_LOOP_INTERVAL = BEAT_TICK
+# Seconds added to this process's own clock. Beats decide with the database's clock, so a
+# beat whose clock is off (as tests make it) still sends each slot at its time.
+BEAT_CLOCK_OFFSET = env_float("BEAT_CLOCK_OFFSET", 0.0)
+# Claimed slots older than this are pruned by db_cleanup.
+RETENTION_BEAT_SLOTS = env_duration("RETENTION_BEAT_SLOTS", timedelta(days=30))
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 
 # --- domain -------------------------------------------------------------------

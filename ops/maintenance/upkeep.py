@@ -119,6 +119,8 @@ def _prunes() -> tuple[Prune, ...]:
         Prune("dead_letters", "ops.DeadLetter", "RETENTION_DEAD_LETTERS", "last_failed_at",
               lambda: Q(state__in=[DeadLetter.State.RECOVERED, DeadLetter.State.REQUEUED])),
         Prune("outbox_events", "ops.OutboxEvent", "RETENTION_OUTBOX", "published_at"),
+        # A schedule whose claims are all pruned resumes from its beat row's last_run_at.
+        Prune("beat_slots", "ops.BeatSlot", "RETENTION_BEAT_SLOTS", "claimed_at"),
         Prune("health_checks", "maintenance.HealthCheck", "RETENTION_HEALTH", "checked_at"),
         Prune("db_snapshots", "maintenance.DbSnapshot", "RETENTION_HEALTH", "taken_at"),
         Prune("cart_snapshots", "carts.CartSnapshot", "RETENTION_HEALTH", "taken_at"),

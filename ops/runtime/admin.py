@@ -1,5 +1,6 @@
 """Admin for the job runtime: the run ledger with per-job statistics, dead letters
-(with requeue), the outbox, alert incidents and the schedules sync bookkeeping.
+(with requeue), the outbox, alert incidents, the schedules sync bookkeeping, and
+the beats' lease and slot claims.
 Everything here is a record of what happened, so it is read-only; a dead letter's
 only write is the requeue action.
 """
@@ -9,7 +10,9 @@ from django.template.defaultfilters import truncatechars
 
 from checkout.admin import ReadOnlyAdmin
 from ops.runtime.dispatch import requeue_dead_letter
-from ops.runtime.models import AlertIncident, DeadLetter, JobRun, ManagedSchedule, OutboxEvent
+from ops.runtime.models import (
+    AlertIncident, BeatLease, BeatSlot, DeadLetter, JobRun, ManagedSchedule, OutboxEvent,
+)
 from ops.runtime.registry import all_jobs
 from ops.runtime.selectors import job_stats
 from ops.runtime.status import job_statuses
@@ -128,3 +131,25 @@ class ManagedScheduleAdmin(ReadOnlyAdmin):
     @admin.display(boolean=True, description="retired")
     def retired(self, schedule: ManagedSchedule) -> bool:
         return not schedule.fingerprint
+
+
+@admin.register(BeatLease)
+class BeatLeaseAdmin(ReadOnlyAdmin):
+    list_display = ("name", "holder", "term", "acquired_at", "renewed_at", "expires_at")
+
+
+@admin.register(BeatSlot)
+class BeatSlotAdmin(ReadOnlyAdmin):
+    """Which beat sent each slot, or why it did not; an empty "sent at" on a sent slot is one the
+    broker never confirmed (its beat died between the claim and the send)."""
+
+    list_display = ("schedule", "slot", "outcome", "superseded", "term", "holder", "claimed_at", "sent_at",
+                    "short_reason")
+    list_filter = ("outcome", ("sent_at", admin.EmptyFieldListFilter), ("slot", admin.DateFieldListFilter))
+    date_hierarchy = "slot"
+    search_fields = ("=schedule", "=task_id")
+    show_full_result_count = False
+
+    @admin.display(description="reason")
+    def short_reason(self, slot: BeatSlot) -> str:
+        return truncatechars(slot.reason, 80)

@@ -2,7 +2,7 @@
 
 Every task declares its queue (background_task, @job); the Celery app routes by
 `route_task`. Queueing a job is `enqueue_job`, used by runjob --async, the runner's
-follow-ups, the scheduler's catch-up and the dead letters' requeue.
+follow-ups, the sweep of lost runs and the dead letters' requeue.
 """
 from __future__ import annotations
 

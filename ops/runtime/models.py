@@ -181,3 +181,59 @@ class AlertIncident(models.Model):
     def __str__(self) -> str:
         state = "resolved" if self.resolved_at else "open"
         return f"{self.job} {self.kind} ({state})"
+
+
+class BeatLease(models.Model):
+    """The lead among the beat processes: whoever holds this row unexpired sends the schedules.
+
+    A row, not a session lock, so that it holds through a transaction-pooling
+    PgBouncer and on SQLite. `term` grows by one at every change of holder: a
+    write made "as leader" names its term, and a holder whose term moved on has lost.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=255)
+    term = models.PositiveBigIntegerField(default=0)
+    acquired_at = models.DateTimeField()
+    renewed_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: term {self.term} held by {self.holder}"
+
+
+class BeatSlot(models.Model):
+    """One due instant of one schedule, claimed by the beat that sends it (or records it skipped).
+
+    The unique (schedule, slot) key is what makes a slot go out once: a beat
+    sends only after its insert of the row won.
+    """
+
+    class Outcome(models.TextChoices):
+        SENT = "sent"
+        CAUGHT_UP = "caught_up", "caught up"
+        SKIPPED = "skipped"
+
+    schedule = models.CharField(max_length=200)  # the PeriodicTask name
+    slot = models.DateTimeField()
+    task = models.CharField(max_length=200)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    # Earlier slots since the schedule's previous claim that this one stands for (none ran).
+    superseded = models.PositiveIntegerField(default=0)
+    reason = models.TextField(blank=True)
+    task_id = models.CharField(max_length=255, blank=True)
+    holder = models.CharField(max_length=255)
+    term = models.PositiveBigIntegerField(default=0)
+    claimed_at = models.DateTimeField()
+    # Empty on a sent slot: the broker never confirmed it (the claiming beat died in between).
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "slot"], name="beatslot_once_per_schedule_slot"),
+        ]
+        indexes = [models.Index(fields=["claimed_at"], name="beatslot_claimed_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} @ {self.slot:%Y-%m-%d %H:%M:%S} {self.outcome}"

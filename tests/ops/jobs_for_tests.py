@@ -11,13 +11,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from checkout.redis import get_redis
-from ops.runtime import params
+from ops.runtime import params, schedules
 from ops.runtime.registry import job
 from ops.runtime.context import JobContext
 from ops.runtime.errors import JobError, JobSkipped
 from ops.runtime.tasks import background_task
 
-TEST_JOBS = ("ops_test_job", "ops_test_undated")
+TEST_JOBS = ("ops_test_job", "ops_test_undated", "ops_test_tick")
 TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink")
 HOLD_TIMEOUT_S = 60
 
@@ -75,3 +75,30 @@ def flaky(kind: str = "transient") -> str:
     if kind == "transient":
         raise Transient("gateway busy")
     raise ValueError("bad input")
+
+
+# --- for the beat processes of tests/ops/runtime/test_beat_ha.py --------------------------------
+
+
+@job("ops_test_tick", time_limit=timedelta(minutes=1), max_retries=0)
+def ops_test_tick(ctx: JobContext) -> dict:
+    """Test-only job that returns at once with its trigger: beat tests count its runs."""
+    return {"trigger": ctx.trigger}
+
+
+def declare_for_beat(spec: str) -> None:
+    """Declare test jobs' schedules in this process, with the graces `spec` gives ("job=seconds,...").
+
+    A beat applies the catch-up policy to declared schedules only. Declarations in
+    code are crontabs; the beat tests write interval rows named after the jobs, and
+    only the names and graces of these declarations matter to the scheduler.
+    """
+    extra = []
+    for item in filter(None, spec.split(",")):
+        name, seconds = item.split("=")
+        extra.append(schedules._job(name, schedules.Cron(), schedules.MINUTE, grace=timedelta(seconds=float(seconds))))
+    if extra:
+        schedules.SCHEDULES = (*schedules.SCHEDULES, *extra)
+
+
+declare_for_beat(os.environ.get("OPS_TEST_BEAT_GRACE", ""))

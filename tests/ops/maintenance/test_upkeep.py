@@ -70,7 +70,7 @@ def test_cleanup_deletes_exactly_the_old_resolved_rows_in_batches():
     assert finished
     assert deleted == {
         "job_runs": 7, "task_results": 1, "webhook_events": 1, "webhook_rejections": 1,
-        "dead_letters": 2, "outbox_events": 1, "health_checks": 1, "db_snapshots": 0, "cart_snapshots": 1,
+        "dead_letters": 2, "outbox_events": 1, "beat_slots": 0, "health_checks": 1, "db_snapshots": 0, "cart_snapshots": 1,
         "failed_backups": 0,
     }
     assert batches.count("job_runs") == 3  # 3 + 3 + 1
