@@ -36,6 +36,13 @@ CACHE_CLEANUP_DELAY = 60
 STEPS = ("expire", "abandon")
 
 
+def _reached(ctx: JobContext, key: str, rows: int, label: str) -> None:
+    # The count so far goes in the run's counts as each batch commits: the heartbeat stores it, so a
+    # run whose worker dies still shows in the ledger what it had done.
+    ctx.counts[key] = rows
+    ctx.progress(rows, None, label)
+
+
 def _flush_cache_backlog() -> int:
     try:
         return pending_cache_delete_flush()
@@ -77,17 +84,17 @@ def cart_cleanup(ctx: JobContext) -> dict:
     if options["step"] == "expire":
         expired = cart_purge_expired(
             cutoff=expire_cutoff, batch_size=options["batch_size"], after_id=options["after_id"],
-            deadline=deadline, cache=cache, on_batch=lambda p: ctx.progress(p.rows, None, "expired carts deleted"),
+            deadline=deadline, cache=cache, on_batch=lambda p: _reached(ctx, "deleted", p.rows, "expired carts deleted"),
         )
     flagged = BatchProgress()
     if expired.done:
         flagged = cart_flag_abandoned(
             idle_cutoff=idle_cutoff, now=now, batch_size=options["batch_size"],
             after_id=options["after_id"] if options["step"] == "abandon" else 0, deadline=deadline,
-            on_batch=lambda p: ctx.progress(p.rows, None, "carts flagged abandoned"),
+            on_batch=lambda p: _reached(ctx, "flagged_abandoned", p.rows, "carts flagged abandoned"),
         )
-    ctx.add("deleted", expired.rows)
-    ctx.add("flagged_abandoned", flagged.rows)
+    ctx.counts["deleted"] = expired.rows
+    ctx.counts["flagged_abandoned"] = flagged.rows
     ctx.add("cache_keys_stored", cache.stored)
 
     snapshot = cart_snapshot_record(run=ctx.run, deleted=expired.tally, flagged=flagged.tally)

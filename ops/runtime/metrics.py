@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 TASK_KEY = "metrics:task:{}"
 TASK_DURATIONS_KEY = "metrics:task:{}:durations"
 TASK_NAMES_KEY = "metrics:tasks"
+REDELIVERY_KEY = "tasks:redelivered:{}"
 DURATION_SAMPLES = 1000
 
 
@@ -78,3 +79,32 @@ def task_stats() -> dict[str, dict]:
             "last_success": raw.get("last_success"),
         }
     return stats
+
+
+def redelivery_count(task_id: str) -> int:
+    """Count one more delivery of a message the broker gave back (its worker died, or stopped before
+    acknowledging it); how many so far. 0 without Redis: the count is then not kept."""
+    client = get_redis()
+    if client is None:
+        return 0
+    key = REDELIVERY_KEY.format(task_id)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 7 * 86400)
+        count, _ = pipe.execute()
+    except RedisError as exc:
+        log.debug("redelivery of %s not counted: %s", task_id, exc)
+        return 0
+    return int(count)
+
+
+def redelivery_forget(task_id: str) -> None:
+    """The message was finally handled: forget its redeliveries."""
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.delete(REDELIVERY_KEY.format(task_id))
+    except RedisError as exc:
+        log.debug("redeliveries of %s not forgotten: %s", task_id, exc)

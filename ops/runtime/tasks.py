@@ -102,6 +102,12 @@ def _retry_or_bury(task, exc: BaseException, *, base: float, cap: float, retryab
     raise exc
 
 
+# A message whose worker died under it this many times (out of memory, a crash in a C
+# extension) is not run again: it goes to the dead letters with the reason. Job tasks count
+# the lost runs in their ledger; background tasks count redeliveries in Redis.
+MAX_LOST_DELIVERIES = 3
+
+
 def background_task(
     name: str,
     *,
@@ -128,6 +134,13 @@ def background_task(
         )
         @wraps(func)
         def task(self, *args, **kwargs):
+            redelivered = bool((self.request.delivery_info or {}).get("redelivered")) and bool(self.request.id)
+            if redelivered and metrics.redelivery_count(self.request.id) >= MAX_LOST_DELIVERIES:
+                # Poison: the broker keeps giving this message back because its worker dies on it.
+                _note_failure(self, RuntimeError(
+                    f"its worker died {MAX_LOST_DELIVERIES} times running it (poison task)"), final=True)
+                metrics.redelivery_forget(self.request.id)
+                raise Ignore()
             started = time.monotonic()
             try:
                 result = func(*args, **kwargs)
@@ -139,6 +152,9 @@ def background_task(
                     self, exc, base=backoff_base, cap=backoff_cap,
                     retryable=isinstance(exc, retry_on),
                 )
+            finally:
+                if redelivered:
+                    metrics.redelivery_forget(self.request.id)
             metrics.record_task(name, "succeeded", time.monotonic() - started)
             _note_recovered(self)
             return result
@@ -147,11 +163,6 @@ def background_task(
         return task
 
     return decorate
-
-
-# A job task whose runs lost their worker this many times (the process died under it:
-# out of memory, a crash in a C extension) is not run again: it goes to the dead letters.
-MAX_LOST_DELIVERIES = 3
 
 
 def _lost_deliveries(task_id: str) -> int:

@@ -1,13 +1,17 @@
-"""A test-only job for the lost-worker tests: counts its steps, then waits to be released or killed.
+"""Test-only work for the lost-worker tests: a job that counts its steps and waits to be released or
+killed, and a task that kills its own worker.
 
 Worker processes import it through CHECKOUT_EXTRA_JOB_MODULES; the test process registers it by import.
 """
+import os
+import signal
 from datetime import timedelta
 
 from checkout.redis import get_redis
 from ops.runtime import params
 from ops.runtime.context import JobContext
 from ops.runtime.registry import job
+from ops.runtime.tasks import background_task
 from tests.ops.jobs_for_tests import blpop_patiently
 
 
@@ -23,3 +27,11 @@ def ops_test_long(ctx: JobContext) -> dict:
         client.rpush(f"{key}:started", ctx.run.pk)
         blpop_patiently(client, f"{key}:release", 60)
     return {"released": bool(key)}
+
+
+@background_task("ops_test.dies", queue="default", max_retries=0)
+def dies(marker: str) -> str:
+    """Test-only task that kills the worker process running it, every time (as running out of memory would)."""
+    get_redis().rpush(marker, os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"

@@ -11,6 +11,8 @@ import pytest
 from celery.exceptions import Ignore
 from django.utils import timezone
 
+from checkout.celery import app
+
 import tests.ops.runtime.lost_jobs  # noqa: F401  (registers ops_test_long here)
 from ops.runtime.dispatch import enqueue_job
 from ops.runtime.ledger import HOLDER_DIED
@@ -128,4 +130,30 @@ def test_a_message_whose_worker_died_every_time_stops_in_the_dead_letters(settin
     # then it does not run: it is a dead letter that says why
     assert JobRun.objects.filter(task_id=task_id).count() == MAX_LOST_DELIVERIES
     letter = DeadLetter.objects.get(task_id=task_id)
+    assert letter.state == "dead" and "its worker died 3 times running it" in letter.error
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_task_that_kills_its_worker_every_time_stops_after_three_deaths(
+    celery_worker_factory, celery_live, process_env, redis_client
+):
+    # given a worker whose pool child dies whenever it runs this task
+    env = {**process_env, "CHECKOUT_EXTRA_JOB_MODULES": "tests.ops.jobs_for_tests,tests.ops.runtime.lost_jobs"}
+    worker = celery_worker_factory(queues="default", concurrency=1, env=env)
+    marker = f"dies:{uuid.uuid4().hex}"
+
+    # when it is sent once
+    result = app.tasks["ops_test.dies"].apply_async(kwargs={"marker": marker})
+
+    # then the broker gives it back after each death, and after the third it is a dead letter, unrun
+    started = time.monotonic()
+    while not DeadLetter.objects.filter(task_id=result.id).exists():
+        assert time.monotonic() - started < 60, "the poison task was not stopped:\n" + worker.log()[-4000:]
+        time.sleep(0.2)
+    letter = DeadLetter.objects.get(task_id=result.id)
+    deaths = redis_client.llen(marker)
+    print(f"\npoison task: {deaths} deaths, buried after {time.monotonic() - started:.1f} s")
+    assert deaths == MAX_LOST_DELIVERIES
     assert letter.state == "dead" and "its worker died 3 times running it" in letter.error
