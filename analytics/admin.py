@@ -5,11 +5,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, StreamingHttpResponse
+from django.utils.html import format_html, format_html_join
 
 from checkout.admin import ReadOnlyAdmin, ReadOnlyInline
 from analytics.charts import build_chart
 from analytics.models import DailyCounter, DailyInternshipReport, DailyReport, WeeklyReport
-from analytics.selectors import daily_series, weekly_series
+from analytics.selectors import daily_series, expired_cart_age_average, weekly_series
 from checkout.timezones import local_today
 
 CHART_RANGES = (30, 90)
@@ -26,6 +27,9 @@ class ReportAdmin(ReadOnlyAdmin):
     actions = ["export_csv"]
     csv_fields: tuple[str, ...] = ()
     list_per_page = 50
+    # The tracked counters as a table, with what is derived from them, instead of raw JSON.
+    exclude = ("tracked",)
+    readonly_fields = ("tracked_counters", "average_expired_cart_age")
 
     @admin.action(description="Export selected reports as CSV")
     def export_csv(self, request, queryset):
@@ -44,6 +48,27 @@ class ReportAdmin(ReadOnlyAdmin):
     @admin.display(description="revenue", ordering="revenue_paise")
     def revenue(self, report):
         return f"{report.revenue_paise / 100:,.2f} {report.currency}"
+
+    @admin.display(description="tracked counters")
+    def tracked_counters(self, report):
+        rows = [
+            (subject, name, f"{value:,}")
+            for subject, counters in sorted(report.tracked.items())
+            for name, value in sorted(counters.items())
+        ]
+        if not rows:
+            return self.get_empty_value_display()
+        return format_html(
+            '<table class="tracked-counters"><tr><th>subject</th><th>counter</th><th>value</th></tr>{}</table>',
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.display(description="average expired cart age")
+    def average_expired_cart_age(self, report):
+        seconds = expired_cart_age_average(report.tracked)
+        if seconds is None:
+            return self.get_empty_value_display()
+        return f"{seconds:,} s ({timedelta(seconds=seconds)})"
 
     def chart(self, *, last, days):
         raise NotImplementedError

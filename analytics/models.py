@@ -36,6 +36,9 @@ class ReportFigures(FunnelFigures):
     conversion_rate = models.DecimalField(max_digits=9, decimal_places=4, default=0)
     # {"USD": {"orders_paid": 2, "revenue_paise": 5000, "refunds_paise": 0}, ...}: every currency seen.
     revenue_by_currency = models.JSONField(default=dict, blank=True)
+    # What the apps announced for the period (DailyCounter), by subject and counter:
+    # {"carts": {"expired": 12, "expired_age_seconds": 1900800}, "payments": {"failed": 2}}.
+    tracked = models.JSONField(default=dict, blank=True)
     computed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -103,7 +106,7 @@ class WeeklyReport(ReportFigures):
 
 
 class DailyCounter(models.Model):
-    """A running total per subject, counter and local day (e.g. job:cart_cleanup / deleted)."""
+    """A running total per subject, counter and local day (e.g. carts / expired), as the apps announce them."""
 
     day = models.DateField()
     subject = models.CharField(max_length=100)

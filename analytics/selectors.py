@@ -6,6 +6,9 @@ cart created/abandoned/converted) is counted with a range predicate on its own
 indexed timestamp and grouped by its local date in CHECKOUT_TIME_ZONE, so a day
 is 23 or 25 hours long across DST and an order paid at 00:30 local time counts
 for that local day.
+
+The tracked counters (DailyCounter) are already kept by local day: announced by
+the apps as they change things, they are read as they are, one query per range.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from django.conf import settings
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 
-from analytics.models import DailyReport, WeeklyReport
+from analytics.models import DailyCounter, DailyReport, WeeklyReport
 from carts.selectors import cart_counts_by_day
 from checkout.timezones import local_day_bounds, local_zone
 from orders.models import Enrollment, Internship, Order
@@ -52,6 +55,8 @@ class Line:
 
 
 Lines = dict[tuple[int | None, str], Line]
+# {subject: {counter: value}}, as the apps announced them (see analytics.tasks).
+Tracked = dict[str, dict[str, int]]
 
 
 def ratio(numerator: int, denominator: int) -> Decimal:
@@ -148,6 +153,40 @@ def rollup(start: date, end: date) -> dict[date, Lines]:
             known = internships.get(item.internship_id)
             item.title = known["title"] if known else "(no internship)"
     return days
+
+
+def tracked_by_day(start: date, end: date) -> dict[date, Tracked]:
+    """The tracked counters of every local day in [start, end) ({} for a day without any), in one query."""
+    if end <= start:
+        raise ValueError(f"empty range: {start} to {end}")
+    days: dict[date, Tracked] = {start + timedelta(days=n): {} for n in range((end - start).days)}
+    rows = (
+        DailyCounter.objects.filter(day__gte=start, day__lt=end)
+        .order_by("day", "subject", "name").values_list("day", "subject", "name", "value")
+    )
+    for day, subject, name, value in rows:
+        days[day].setdefault(subject, {})[name] = value
+    return days
+
+
+def tracked_totals(start: date, end: date) -> Tracked:
+    """The tracked counters of local days [start, end), summed in SQL."""
+    rows = (
+        DailyCounter.objects.filter(day__gte=start, day__lt=end)
+        .order_by("subject", "name").values_list("subject", "name").annotate(total=Sum("value"))
+    )
+    summed: Tracked = {}
+    for subject, name, total in rows:
+        summed.setdefault(subject, {})[name] = total
+    return summed
+
+
+def expired_cart_age_average(tracked: Tracked) -> int | None:
+    """Mean age of the carts cart_cleanup deleted, in whole seconds; None when it deleted none."""
+    carts = tracked.get("carts", {})
+    if not carts.get("expired"):
+        return None
+    return _round_div(carts.get("expired_age_seconds", 0), carts["expired"])
 
 
 def merge_lines(many: Iterable[Lines]) -> Lines:

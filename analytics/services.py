@@ -14,11 +14,14 @@ from analytics.selectors import (
     MONEY_FIELDS,
     Line,
     buyers,
+    expired_cart_age_average,
     growth,
     merge_lines,
     ratio,
     rollup,
     totals,
+    tracked_by_day,
+    tracked_totals,
 )
 from checkout.timezones import local_today
 
@@ -32,7 +35,9 @@ Progress = Callable[[int, int | None, str], None]
 
 
 def _jsonable(figures: dict) -> dict:
-    return {k: str(v) if k.endswith(("_rate", "_growth")) and v is not None else v for k, v in figures.items()}
+    """The figures as a job's result shows them: plain JSON, with the figures derived from them."""
+    shown = {k: str(v) if k.endswith(("_rate", "_growth")) and v is not None else v for k, v in figures.items()}
+    return {**shown, "average_expired_cart_age_seconds": expired_cart_age_average(figures["tracked"])}
 
 
 @transaction.atomic
@@ -70,9 +75,10 @@ def daily_reports_build(
     chunk_start = start
     while chunk_start < end:
         chunk_end = min(chunk_start + timedelta(days=BACKFILL_CHUNK_DAYS), end)
+        tracked = tracked_by_day(chunk_start, chunk_end)
         for day, lines in rollup(chunk_start, chunk_end).items():
             ordered = sorted(lines.values(), key=lambda item: (-item.revenue_paise, item.title, item.currency))
-            figures = totals(ordered, currency)
+            figures = {**totals(ordered, currency), "tracked": tracked[day]}
             if not dry_run:
                 daily_report_store(day=day, figures=figures, lines=ordered)
             built.append({"date": day.isoformat(), **_jsonable(figures)})
@@ -136,6 +142,7 @@ def weekly_report_build(*, week_start: date, dry_run: bool = False) -> dict:
             for item in ranked[:TOP_INTERNSHIPS]
         ],
         funnel=_funnel(figures),
+        tracked=tracked_totals(week_start, week_start + WEEK),
     )
     if not dry_run:
         WeeklyReport.objects.update_or_create(

@@ -22,6 +22,7 @@ from carts.tasks import cache_cleanup
 from ops.runtime import params
 from ops.runtime.batches import BatchProgress
 from ops.runtime.context import JobContext
+from ops.runtime.outbox import outbox_relay_request
 from ops.runtime.registry import job
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def cart_cleanup(ctx: JobContext) -> dict:
     ctx.counts["flagged_abandoned"] = flagged.rows
     ctx.add("cache_keys_stored", cache.stored)
 
+    if expired.rows:
+        outbox_relay_request()  # the batches' tallies of expired carts, in one message
     snapshot = cart_snapshot_record(run=ctx.run, deleted=expired.tally, flagged=flagged.tally)
     if snapshot.cache_keys_pending:
         _enqueue_cache_cleanup()

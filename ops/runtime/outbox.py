@@ -39,18 +39,22 @@ def subscribers(topic: str) -> list[str]:
     return list(_SUBSCRIBERS.get(topic, []))
 
 
-def outbox_add(topic: str, payload: dict, *, key: str | None = None) -> int | None:
+def outbox_add(topic: str, payload: dict, *, key: str | None = None, deferred: bool = False) -> int | None:
     """Store an event in the current transaction; returns its id, or None if `key` was already announced."""
-    ids = outbox_add_many([(topic, payload, key)])
+    ids = outbox_add_many([(topic, payload, key)], deferred=deferred)
     return ids[0] if ids else None
 
 
-def outbox_add_many(events: Iterable[tuple[str, dict, str | None]]) -> list[int]:
+def outbox_add_many(events: Iterable[tuple[str, dict, str | None]], *, deferred: bool = False) -> list[int]:
     """Store (topic, payload, key) events in the current transaction with one INSERT per 500.
 
     The insert is `ON CONFLICT (key) DO NOTHING`, so two transactions announcing
     the same fact at once store it once and neither fails; returns the ids of the
     events stored now (not of those already announced).
+
+    `deferred` events are not published at commit but by the next relay (every
+    minute, or at once with `outbox_relay_request`): for figures nobody waits for,
+    written from a bulk loop whose every transaction would otherwise pay for a publish.
     """
     connection = transaction.get_connection()
     table = connection.ops.quote_name(OutboxEvent._meta.db_table)
@@ -71,7 +75,7 @@ def outbox_add_many(events: Iterable[tuple[str, dict, str | None]]) -> list[int]
                 [value for row in chunk for value in row],
             )
             ids.extend(row[0] for row in cursor.fetchall())
-    if ids:
+    if ids and not deferred:
         _pending.__dict__.setdefault("ids", []).extend(ids)
         # The first callback of the transaction to run publishes everything this
         # thread has pending in one batch; later ones find nothing left to do.
@@ -91,12 +95,18 @@ def _publish_pending() -> None:
     if len(ids) > DIRECT_PUBLISH_MAX:
         # A bulk change (a sync chunk) hands its events to a worker's relay with one
         # message, instead of sending each from this process, whose threads are busy.
-        try:
-            app.tasks["ops.outbox_relay"].apply_async()
-        except Exception as exc:  # broker down: the scheduled relay sends them later
-            log.warning("outbox: relay of %s events not requested: %s", len(ids), exc)
+        outbox_relay_request()
         return
     _publish_ids(ids)
+
+
+def outbox_relay_request() -> None:
+    """Ask a worker to relay the unpublished events now (one message); if the broker is down,
+    the scheduled relay sends them later."""
+    try:
+        app.tasks["ops.outbox_relay"].apply_async()
+    except Exception as exc:
+        log.warning("outbox: relay not requested: %s", exc)
 
 
 def _send(event: OutboxEvent, producer) -> None:

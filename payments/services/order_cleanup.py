@@ -16,6 +16,7 @@ from django.db.models import Exists, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from checkout.timezones import local_date
 from ops.runtime.batches import Batch, run_batches
 from ops.runtime.outbox import outbox_add_many
 from orders.models import Order, OrderStatus
@@ -162,9 +163,18 @@ def _close_overdue(*, cutoff, now, batch_size, dry_run) -> Counter:
         expired = [o["pk"] for o in batch if o["pk"] not in orphans]
         Order.objects.filter(pk__in=orphans).update(status=OrderStatus.CANCELLED, cancelled_at=now, updated_at=now)
         Order.objects.filter(pk__in=expired).update(status=OrderStatus.EXPIRED, expired_at=now, updated_at=now)
-        outbox_add_many(
+        events = [
             ("order.expired", {"kind": ORDER_EXPIRED, "object_id": pk}, f"order.expired:{pk}") for pk in expired
-        )
+        ]
+        if batch:
+            # Counted by whoever keeps figures (the reports), on the local day of the closing.
+            # An order leaves pending once, so the batch's first id names it for good.
+            key = f"orders.closed:{batch[0]['pk']}"
+            events.append(("orders.closed.tally", {
+                "key": key, "day": local_date(now).isoformat(), "subject": "orders",
+                "counters": {"expired": len(expired), "cancelled_orphaned": len(orphans)},
+            }, key))
+        outbox_add_many(events)
         counts["orders_cancelled_orphaned"] += len(orphans)
         counts["orders_expired"] += len(expired)
         return Batch(len(batch), batch[-1]["pk"] if batch else None, more=len(batch) == batch_size)

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from checkout.timezones import local_date
 from ops.runtime.bulk import update_by_pk
 from ops.runtime.outbox import outbox_add_many
 from orders.models import Order, OrderStatus
@@ -251,11 +252,18 @@ def _apply_failed(group, rows, now, applied: Applied) -> None:
          "error_description": {pk: gp.error_description for pk, gp in group.items()}},
         status=FAILED, updated_at=now,
     )
-    outbox_add_many(
+    events = [
         ("payment.failed", {"payment_id": pk, "order_id": rows[pk]["order_id"]},
          f"payment.failed:{pk}:{group[pk].id}")
         for pk in sorted(group)
-    )
+    ]
+    # Counted by whoever keeps figures (the reports), on the local day of the failure. A
+    # payment fails once (only from created), so its lowest id names the group for good.
+    key = f"payments.failed:{min(group)}"
+    events.append(("payments.failed.tally", {
+        "key": key, "day": local_date(now).isoformat(), "subject": "payments", "counters": {"failed": len(group)},
+    }, key))
+    outbox_add_many(events)
     applied.counts["failed"] += len(group)
 
 

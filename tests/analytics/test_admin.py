@@ -2,6 +2,7 @@
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 from datetime import timedelta
@@ -129,3 +130,25 @@ def test_chart_is_drawn_in_a_real_browser(live_server, admin_user, reports, tmp_
         assert (tmp_path / "daily-report-chart.png").stat().st_size > 0
     finally:
         browser.quit()
+
+
+@pytest.mark.django_db
+def test_a_report_shows_its_tracked_counters_and_the_average_expired_cart_age(admin_client):
+    # given a day on which cart_cleanup deleted four carts, aged 1 day 1:01:01 on average
+    day = local_today() - timedelta(days=1)
+    report = DailyReport.objects.create(date=day, currency="INR", tracked={
+        "carts": {"expired": 4, "expired_age_seconds": 4 * 90061}, "payments": {"failed": 2},
+    })
+    quiet = DailyReport.objects.create(date=day - timedelta(days=1), currency="INR",
+                                       tracked={"payments": {"failed": 1}})
+
+    # when
+    html = admin_client.get(reverse("admin:analytics_dailyreport_change", args=[report.pk])).content.decode()
+    quiet_html = admin_client.get(reverse("admin:analytics_dailyreport_change", args=[quiet.pk])).content.decode()
+
+    # then the counters are a table, and the average is derived from them
+    assert "<td>carts</td><td>expired_age_seconds</td><td>360,244</td>" in html
+    assert "<td>payments</td><td>failed</td><td>2</td>" in html
+    assert "90,061 s (1 day, 1:01:01)" in html
+    assert re.search(r'Average expired cart age:</label>\s*<div class="readonly">-</div>', quiet_html)
+    assert "<td>payments</td><td>failed</td><td>1</td>" in quiet_html

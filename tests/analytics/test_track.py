@@ -1,4 +1,4 @@
-"""analytics_track: job outcomes counted per job and local day, once per run, in one upsert."""
+"""analytics_track: announced counters added per subject and local day, once per key, in one upsert."""
 from datetime import date
 
 import pytest
