@@ -156,20 +156,19 @@ def pending_cache_delete_flush(*, batch_size: int = BATCH_SIZE) -> int:
     client = get_redis()
     if client is None:
         return 0
-    removed = 0
-    while True:
-        with transaction.atomic():
-            rows = list(
-                PendingCacheDelete.objects.select_for_update(skip_locked=True)
-                .order_by("pk").values_list("pk", "key")[:batch_size]
-            )
-            if not rows:
-                return removed
-            _unlink(client, [key for _, key in rows])
-            PendingCacheDelete.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
-        removed += len(rows)
-        if len(rows) < batch_size:
-            return removed
+
+    def step(after_id: int) -> Batch:
+        rows = list(
+            PendingCacheDelete.objects.filter(pk__gt=after_id).select_for_update(skip_locked=True)
+            .order_by("pk").values_list("pk", "key")[:batch_size]
+        )
+        if not rows:
+            return Batch(0, None)
+        _unlink(client, [key for _, key in rows])
+        PendingCacheDelete.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+        return Batch(len(rows), rows[-1][0], more=len(rows) == batch_size)
+
+    return run_batches(step).rows
 
 
 # --- cleanup ------------------------------------------------------------------
