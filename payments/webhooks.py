@@ -168,5 +168,5 @@ def _apply_event(event) -> str:
     pk = Payment.objects.filter(match).order_by("pk").values_list("pk", flat=True).first()
     if pk is None:
         return f"no payment for {gp.id}"
-    payment_apply_observations(observations=[(pk, gp)], release_claims=False)
+    payment_apply_observations(observations=[(pk, gp)])
     return "applied"

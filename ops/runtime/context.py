@@ -4,7 +4,7 @@ A job body is a plain function `func(ctx) -> dict | None`. It counts what it did
 with `ctx.add(...)`, reports progress with `ctx.progress(...)`, stops between
 batches once `ctx.deadline` has passed, and asks for a follow-up chunk with
 `ctx.continue_later(...)`; the runtime queues that chunk, counts it and caps it.
-While the body runs, a heartbeat stores the counts so far (ops.runtime.heartbeat).
+While the body runs, its process's heartbeat stores the counts so far (ops.runtime.heartbeat).
 """
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
-"""The heartbeat of a running job: its ledger row's `heartbeat_at` and counts so far, every few seconds.
+"""The heartbeat of running jobs: each ledger row's `heartbeat_at` and counts so far, every few seconds.
 
-A thread of the process running the job writes it, whatever the job body is doing
-(a pg_dump, a VACUUM, a long query), so a run whose heartbeat stops belongs to a
-process that died or froze: `ops.runtime.sweep` fails such runs within a minute.
+One daemon thread per process beats for every run in progress there, whatever the
+job bodies are doing (a pg_dump, a VACUUM, a long query), so a run whose heartbeat
+stops belongs to a process that died or froze: `ops.runtime.sweep` fails such runs
+within a minute. Starting and stopping a run's heartbeat is a dictionary update, so
+a run of a few milliseconds pays nothing for it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 
@@ -17,7 +20,7 @@ from ops.runtime.models import JobRun
 
 log = logging.getLogger(__name__)
 
-# Seconds between two heartbeats (each is one UPDATE of the run's row).
+# Seconds between two heartbeats of a run (each is one UPDATE of its row).
 HEARTBEAT_EVERY = 5.0
 
 
@@ -31,36 +34,61 @@ def _snapshot(counts: Counter) -> dict:
     return {}
 
 
-class Heartbeat:
-    """Beats for one run from a daemon thread until stopped; a beat that fails is logged and retried."""
+class _Beater:
+    """The process's heartbeat thread and the runs it beats for (run pk -> their counts)."""
 
-    def __init__(self, run_pk: int, counts: Counter, every: float | None = None) -> None:
-        self.run_pk = run_pk
-        self.counts = counts
-        self.every = HEARTBEAT_EVERY if every is None else every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_pk}", daemon=True)
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.runs: dict[int, Counter] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="job-heartbeat", daemon=True)
+        self.thread.start()
 
-    def start(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def beat(self) -> None:
-        JobRun.objects.filter(pk=self.run_pk, status=JobRun.Status.RUNNING).update(
-            heartbeat_at=timezone.now(), counts=_snapshot(self.counts),
-        )
-
-    def _beat(self) -> None:
-        try:
-            while not self._stop.wait(self.every):
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait(HEARTBEAT_EVERY)
+            self.wake.clear()
+            with self.lock:
+                runs = list(self.runs.items())
+            if not runs:
+                connection.close()  # nothing to beat for: hold no connection while idle
+                continue
+            for run_pk, counts in runs:
                 try:
-                    self.beat()
+                    beat(run_pk, counts)
                 except Exception as exc:  # the database may be away for a moment: the next beat tries again
-                    log.warning("heartbeat of run %s not written: %s", self.run_pk, exc)
+                    log.warning("heartbeat of run %s not written: %s", run_pk, exc)
                     connection.close()
-        finally:
-            connection.close()
+
+
+_beater: _Beater | None = None
+_beater_lock = threading.Lock()
+
+
+def _the_beater() -> _Beater:
+    global _beater
+    with _beater_lock:
+        # A forked child inherits the object but not the thread: it starts its own.
+        if _beater is None or _beater.pid != os.getpid():
+            _beater = _Beater()
+        return _beater
+
+
+def beat(run_pk: int, counts: Counter) -> None:
+    """Write one heartbeat of a run now: the time and the counts so far (only while it is running)."""
+    JobRun.objects.filter(pk=run_pk, status=JobRun.Status.RUNNING).update(
+        heartbeat_at=timezone.now(), counts=_snapshot(counts),
+    )
+
+
+def heartbeat_start(run_pk: int, counts: Counter) -> None:
+    beater = _the_beater()
+    with beater.lock:
+        beater.runs[run_pk] = counts
+
+
+def heartbeat_stop(run_pk: int) -> None:
+    beater = _the_beater()
+    with beater.lock:
+        beater.runs.pop(run_pk, None)

@@ -16,7 +16,7 @@ from ops.runtime.alerts import alerts_after_run
 from ops.runtime.context import JobContext, ProgressCallback
 from ops.runtime.dispatch import enqueue_job
 from ops.runtime.errors import JobError, JobSkipped
-from ops.runtime.heartbeat import Heartbeat
+from ops.runtime.heartbeat import heartbeat_start, heartbeat_stop
 from ops.runtime.locks import try_acquire
 from ops.runtime.models import JobRun
 from ops.runtime.params import read_params
@@ -61,7 +61,7 @@ def run_job(
             on_progress=on_progress,
         )
         error: BaseException | None = None
-        heartbeat = Heartbeat(run.pk, ctx.counts).start()
+        heartbeat_start(run.pk, ctx.counts)
         try:
             ctx.params = read_params(job.name, job.params, params)
             result = job.func(ctx) or {}
@@ -82,7 +82,7 @@ def run_job(
             if not isinstance(exc, JobError):
                 run.traceback = tb.format_exc()[-20000:]
         finally:
-            heartbeat.stop()
+            heartbeat_stop(run.pk)
             run.finished_at = timezone.now()
             run.duration_ms = int((time.monotonic() - ctx.started) * 1000)
             run.counts = dict(ctx.counts)

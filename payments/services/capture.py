@@ -32,7 +32,8 @@ def payment_settle_authorized(*, payment_id: int) -> str:
     never repeated; an "already captured" rejection is read the same way. Gateway
     outages raise (the payment_retry task retries them with backoff).
     """
-    if not payment_claim(payment_id=payment_id, statuses=(AUTHORIZED,)):
+    token = payment_claim(payment_id=payment_id, statuses=(AUTHORIZED,))
+    if token is None:
         return "skipped"
     try:
         payment = Payment.objects.select_related("order").get(pk=payment_id)
@@ -46,10 +47,10 @@ def payment_settle_authorized(*, payment_id: int) -> str:
                 gp, outcome = _capture(payment, gp), "captured"
             else:
                 gp, outcome = refund_authorized(gp), "refunded"
-        payment_apply_observations(observations=[(payment_id, gp)], request_capture=False)
+        payment_apply_observations(observations=[(payment_id, gp)], request_capture=False, claim_token=token)
         return outcome
     finally:
-        payment_release(payment_ids=[payment_id])
+        payment_release(payment_ids=[payment_id], token=token)
 
 
 def _capture(payment: Payment, gp: GatewayPayment) -> GatewayPayment:

@@ -69,7 +69,7 @@ def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run) -
         status__in=UNSETTLED, order__status=OrderStatus.PENDING, order__created_at__lt=cutoff,
     )
 
-    def apply(observations: list[Observation], counts: Counter) -> None:
+    def apply(observations: list[Observation], counts: Counter, token: datetime | None) -> None:
         if dry_run:
             for o in observations:
                 if o.payment is not None and o.payment.status == PaymentStatus.AUTHORIZED:
@@ -81,18 +81,18 @@ def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run) -
         with transaction.atomic():
             applied = payment_apply_observations(
                 observations=[(o.row["pk"], o.payment) for o in observations if not o.error],
-                request_capture=False,
+                request_capture=False, claim_token=token,
             )
             cancelled = Payment.objects.filter(pk__in=never_paid, status=PaymentStatus.CREATED).update(
                 status=PaymentStatus.CANCELLED, updated_at=now, claimed_until=None
             )
         counts.update({f"payments_{k}": v for k, v in applied.counts.items()})
         counts["payments_cancelled"] += cancelled
-        release_failed_calls(observations)
+        release_failed_calls(observations, token)
 
     counts = payments_settle(
         overdue, probe=probe_order_payments if dry_run else _release_probe, apply=apply, dry_run=dry_run,
-        concurrency=concurrency, chunk_size=batch_size, now=now, label="overdue-orders",
+        concurrency=concurrency, chunk_size=batch_size, label="overdue-orders",
     )
     # The settle loop's own tallies, kept under the names order_cleanup has always reported.
     counts.pop("seen", None)

@@ -6,7 +6,8 @@ claimed in pk order (skipping rows other workers hold) and every payment's
 gateway call is queued on `concurrency` threads. The next chunk is claimed and
 queued before this one is applied (in one transaction, on the calling thread),
 so the calls never stop while the database work and the publishing run. A
-payment whose call failed is released at once for the next run to try again.
+payment whose call failed is released at once for the next run to try again; a
+run that stops releases what it still holds; a chunk that waits long renews its claims.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from django.utils import timezone
 
 from payments import gateway
 from payments.models import Payment
-from payments.services.claims import claim_chunk, payment_release
+from payments.services.claims import CLAIM_LEASE, claim_chunk, claimed_by_others, claims_renew, payment_release
 from payments.services.state import UNSETTLED, GatewayPayment, pick_attempt, plan, payment_apply_observations
 
 log = logging.getLogger("payments.services")
@@ -33,6 +34,7 @@ SETTLE_FIELDS = ("razorpay_order_id", "razorpay_payment_id", "amount_paise", "cu
                  "refunded_paise", "mismatch", "order_id")
 
 Probe = Callable[[dict], "GatewayPayment | None"]
+Apply = Callable[[list["Observation"], Counter, "datetime | None"], None]
 Progress = Callable[[int, int | None, str], None]
 
 
@@ -58,32 +60,40 @@ def probe_order_payments(row: dict) -> GatewayPayment | None:
     return pick_attempt(gateway.fetch_order_payments(row["razorpay_order_id"]))
 
 
+@dataclass
+class _Chunk:
+    futures: list[Future]
+    ids: list[int]
+    token: datetime | None  # the claims' token; None in a dry run
+
+
 def payments_settle(
-    pending, *, probe: Probe, apply: Callable[[list[Observation], Counter], None], dry_run: bool,
-    concurrency: int, chunk_size: int = SYNC_CHUNK, now: datetime | None = None,
+    pending, *, probe: Probe, apply: Apply, dry_run: bool, concurrency: int, chunk_size: int = SYNC_CHUNK,
     on_progress: Progress | None = None, label: str = "payments",
 ) -> Counter:
-    """Settle the payments of queryset `pending`: claim, `probe(row)` on the pool, `apply(observations, counts)`.
+    """Settle the payments of queryset `pending`: claim, `probe(row)` on the pool, `apply(observations, counts, token)`.
 
-    `apply` runs once per chunk on this thread; it must release what it did not settle.
+    `apply` runs once per chunk on this thread; it must release (with the token) what it did not settle.
     A dry run claims nothing (it reads without locking) and `apply` must write nothing.
     """
     if concurrency < 1 or chunk_size < 1:
         raise ValueError("concurrency and chunk_size must be positive")
-    now = now or timezone.now()
     total = pending.count()
     counts: Counter = Counter()
-    queued: deque[list[Future]] = deque()
+    # Work someone else holds now is not this run's: the ledger says so instead of an empty success.
+    counts["skipped_claimed"] = claimed_by_others(pending)
+    queued: deque[_Chunk] = deque()
     after, exhausted = 0, False
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"settle-{label}") as pool:
         def queue_next() -> None:
             nonlocal after, exhausted
-            rows = claim_chunk(pending.filter(pk__gt=after), size=chunk_size, now=now,
-                               fields=SETTLE_FIELDS, claim=not dry_run)
+            rows, token = claim_chunk(pending.filter(pk__gt=after), size=chunk_size, fields=SETTLE_FIELDS,
+                                      claim=not dry_run)
             exhausted = len(rows) < chunk_size
             if rows:
                 after = rows[-1]["pk"]
-                queued.append([pool.submit(_observe_one, row, probe) for row in rows])
+                queued.append(_Chunk([pool.submit(_observe_one, row, probe) for row in rows],
+                                     [row["pk"] for row in rows], token))
 
         try:
             queue_next()
@@ -91,27 +101,34 @@ def payments_settle(
                 # Two chunks queued: the pool works through the next one while this one is applied.
                 if not exhausted and len(queued) < 2:
                     queue_next()
-                observations = [f.result() for f in queued.popleft()]
+                chunk = queued[0]
+                if chunk.token is not None and chunk.token - timezone.now() < CLAIM_LEASE / 2:
+                    chunk.token = claims_renew(payment_ids=chunk.ids, token=chunk.token)
+                observations = [f.result() for f in chunk.futures]
                 errors = Counter(o.error for o in observations if o.error)
                 for name, n in errors.items():
                     counts[f"gateway_error.{name}"] += n
                 counts["gateway_errors"] += sum(errors.values())
-                apply(observations, counts)
+                apply(observations, counts, chunk.token)
+                queued.popleft()  # applied: its claims are released (or settled) now
                 counts["seen"] += len(observations)
                 if on_progress:
                     on_progress(counts["seen"], total, label)
         except BaseException:
-            # No more gateway calls for a run that stops; its claims lapse with their lease.
+            # No more gateway calls for a run that stops, and its claims go back at once.
             pool.shutdown(cancel_futures=True)
+            for chunk in queued:
+                if chunk.token is not None:
+                    payment_release(payment_ids=chunk.ids, token=chunk.token)
             raise
     return counts
 
 
-def release_failed_calls(observations: Sequence[Observation]) -> None:
+def release_failed_calls(observations: Sequence[Observation], token: datetime | None) -> None:
     """Free the payments whose gateway call failed: the next run (or another worker) tries again."""
     failed = [o.row["pk"] for o in observations if o.error]
-    if failed:
-        payment_release(payment_ids=failed)
+    if failed and token is not None:
+        payment_release(payment_ids=failed, token=token)
 
 
 def payment_sync_pending(
@@ -125,7 +142,7 @@ def payment_sync_pending(
         status__in=UNSETTLED, updated_at__lt=now - settings.PAYMENT_SYNC_AFTER, mismatch=""
     )
 
-    def apply(observations: list[Observation], counts: Counter) -> None:
+    def apply(observations: list[Observation], counts: Counter, token: datetime | None) -> None:
         if dry_run:
             for o in observations:
                 action = plan(o.row, o.payment)
@@ -133,13 +150,13 @@ def payment_sync_pending(
                     counts[f"would_{action}"] += 1
             return
         applied = payment_apply_observations(
-            observations=[(o.row["pk"], o.payment) for o in observations if not o.error]
+            observations=[(o.row["pk"], o.payment) for o in observations if not o.error], claim_token=token,
         )
         counts.update(applied.counts)
         counts["captured_paise"] += applied.captured_paise
-        release_failed_calls(observations)
+        release_failed_calls(observations, token)
 
     return payments_settle(
         pending, probe=probe_order_payments, apply=apply, dry_run=dry_run, concurrency=concurrency,
-        chunk_size=chunk_size, now=now, on_progress=on_progress,
+        chunk_size=chunk_size, on_progress=on_progress,
     )

@@ -135,7 +135,7 @@ _LOCK_FIELDS = ("pk", "status", "order_id", "amount_paise", "currency", "refunde
 
 def payment_apply_observations(
     *, observations: Sequence[tuple[int, GatewayPayment | None]], request_capture: bool = True,
-    release_claims: bool = True, now: datetime | None = None,
+    claim_token: datetime | None = None, now: datetime | None = None,
 ) -> Applied:
     """Apply what the gateway said about these payments (by our pk) in one transaction.
 
@@ -164,12 +164,12 @@ def payment_apply_observations(
             elif gp is not None and gp.status == AUTHORIZED == row["status"] and not row["mismatch"]:
                 still_authorized.append(pk)
 
-        touched = {"last_synced_at": now}
-        if release_claims:
-            touched["claimed_until"] = None
-        Payment.objects.filter(pk__in=rows).update(**touched)
+        Payment.objects.filter(pk__in=rows).update(last_synced_at=now)
+        if claim_token is not None:
+            # Only our claims: a row claimed by another worker since ours lapsed keeps its claim.
+            Payment.objects.filter(pk__in=rows, claimed_until=claim_token).update(claimed_until=None)
 
-        _applymismatch(groups.get("mismatch", {}), rows, now, applied)
+        _apply_mismatch(groups.get("mismatch", {}), rows, now, applied)
         _apply_captured(groups.get(CAPTURED, {}), rows, now, applied)
         _apply_authorized(groups.get(AUTHORIZED, {}), now, applied, request_capture)
         _apply_failed(groups.get(FAILED, {}), rows, now, applied)
@@ -183,7 +183,7 @@ def payment_apply_observations(
     return applied
 
 
-def _applymismatch(group, rows, now, applied: Applied) -> None:
+def _apply_mismatch(group, rows, now, applied: Applied) -> None:
     if not group:
         return
     update_by_pk(Payment, {"mismatch": {pk: mismatch(rows[pk], gp)[:255] for pk, gp in group.items()}},

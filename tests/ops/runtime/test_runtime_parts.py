@@ -146,7 +146,8 @@ def test_a_running_job_leaves_heartbeats_with_its_counts_so_far(monkeypatch):
     def runtime_heartbeat_job(ctx):
         ctx.add("done", 2)
         started = JobRun.objects.values_list("heartbeat_at", flat=True).get(pk=ctx.run.pk)
-        deadline = time.monotonic() + 5
+        # the process's heartbeat thread may be in a 5 s wait started before the patch
+        deadline = time.monotonic() + 12
         while time.monotonic() < deadline:
             row = JobRun.objects.values("heartbeat_at", "counts", "status").get(pk=ctx.run.pk)
             if row["heartbeat_at"] != started and row["counts"]:
