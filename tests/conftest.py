@@ -152,3 +152,14 @@ def celery_live(settings):
     app.conf.task_always_eager = False
     yield app
     app.conf.task_always_eager = previous
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll for what another process brings about (there is no event to block on); its truthy value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -21,9 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 PAYMENT_STATUSES = ("created", "authorized", "captured", "refunded", "failed")
-# What a capture does to an authorized payment: succeed, fail the payment, or answer a
-# transient GATEWAY_ERROR and leave it authorized (a later capture may succeed).
-CAPTURE_OUTCOMES = ("capture", "fail", "gateway_error")
+# What a capture does to an authorized payment: succeed, fail the payment, answer a
+# transient GATEWAY_ERROR and leave it authorized (a later capture may succeed), or refuse
+# it with a BAD_REQUEST_ERROR and leave it authorized (asking again gets the same answer).
+CAPTURE_OUTCOMES = ("capture", "fail", "gateway_error", "refuse")
 
 _ALNUM = string.ascii_letters + string.digits
 _ROUTES = [
@@ -367,6 +368,9 @@ class FakeRazorpay:
         if payment.on_capture == "gateway_error":
             raise FakeError(502, "GATEWAY_ERROR", "Payment processing failed due to error at bank or wallet gateway",
                             source="gateway", step="payment_capture", reason="gateway_technical_error")
+        if payment.on_capture == "refuse":
+            raise _bad_request("Capture of this payment is not allowed by the issuer", step="payment_capture",
+                               reason="capture_not_allowed")
         if payment.on_capture == "fail":
             self._move(payment, "failed", error_description="Payment capture failed at the bank")
             raise _bad_request("Payment capture failed at the bank", step="payment_capture", reason="payment_failed")

@@ -15,6 +15,8 @@ from payments.models import Payment
 from payments.services.claims import payment_claim, payment_release
 from payments.services.state import (
     AUTHORIZED,
+    CAPTURE_REFUSED,
+    FAILED,
     REFUNDED,
     GatewayPayment,
     capture_allowed,
@@ -39,12 +41,14 @@ def payment_settle_authorized(*, payment_id: int) -> str:
         payment = Payment.objects.select_related("order").get(pk=payment_id)
         gp = GatewayPayment.from_entity(gateway.fetch_payment(payment.razorpay_payment_id))
         outcome = gp.status
-        row = {"amount_paise": payment.amount_paise, "currency": payment.currency}
+        row = {"amount_paise": payment.amount_paise, "currency": payment.currency,
+               "order__amount_paise": payment.order.amount_paise, "order__currency": payment.order.currency}
         if gp.status == AUTHORIZED and not mismatch(row, gp):
             now = timezone.now()
             if capture_allowed(order_status=payment.order.status, order_created_at=payment.order.created_at,
                                authorized_since=gp.authorized_since, now=now):
-                gp, outcome = _capture(payment, gp), "captured"
+                gp = _capture(payment, gp)
+                outcome = gp.status
             else:
                 gp, outcome = refund_authorized(gp), "refunded"
         payment_apply_observations(observations=[(payment_id, gp)], request_capture=False, claim_token=token)
@@ -60,11 +64,15 @@ def _capture(payment: Payment, gp: GatewayPayment) -> GatewayPayment:
         )
     except gateway.GatewayRejected as exc:
         now_at_gateway = GatewayPayment.from_entity(gateway.fetch_payment(payment.razorpay_payment_id))
-        if now_at_gateway.status == AUTHORIZED:
-            raise
-        log.info("capture of payment %s rejected (%s); the gateway has it %s",
+        log.info("capture of payment %s refused (%s); the gateway has it %s",
                  payment.pk, exc.description, now_at_gateway.status)
-        return now_at_gateway
+        if now_at_gateway.status != AUTHORIZED:
+            return now_at_gateway
+        # Refused, yet still authorized: asking again gets the same answer. The payment fails here with
+        # the reason (its order then expires at ORDER_TTL, with one email); the money is never taken,
+        # and Razorpay's auto-refund releases the authorization.
+        return replace(now_at_gateway, status=FAILED, error_code=CAPTURE_REFUSED,
+                       error_description=f"capture refused: {exc.description}"[:255])
 
 
 def refund_authorized(gp: GatewayPayment) -> GatewayPayment:

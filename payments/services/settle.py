@@ -24,14 +24,21 @@ from django.utils import timezone
 from payments import gateway
 from payments.models import Payment
 from payments.services.claims import CLAIM_LEASE, claim_chunk, claimed_by_others, claims_renew, payment_release
-from payments.services.state import UNSETTLED, GatewayPayment, pick_attempt, plan, payment_apply_observations
+from payments.services.state import (
+    AMOUNT_FIELDS,
+    UNSETTLED,
+    GatewayPayment,
+    payment_apply_observations,
+    pick_attempt,
+    plan,
+)
 
 log = logging.getLogger("payments.services")
 
 SYNC_CHUNK = 500
 # What the loop reads of each claimed payment (a probe and `plan` use these).
-SETTLE_FIELDS = ("razorpay_order_id", "razorpay_payment_id", "amount_paise", "currency", "status",
-                 "refunded_paise", "mismatch", "order_id")
+SETTLE_FIELDS = ("razorpay_order_id", "razorpay_payment_id", "status", "refunded_paise", "mismatch",
+                 "error_code", "order_id", *AMOUNT_FIELDS)
 
 Probe = Callable[[dict], "GatewayPayment | None"]
 Apply = Callable[[list["Observation"], Counter, "datetime | None"], None]

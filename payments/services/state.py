@@ -41,6 +41,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     # Seen only once refunded: an authorization we never heard of, released since.
     REFUNDED: frozenset({CREATED, AUTHORIZED, CAPTURED, FAILED, CANCELLED}),
 }
+# The error code of a payment whose capture the gateway refused while it stayed authorized.
+CAPTURE_REFUSED = "CAPTURE_REFUSED"
 # Which attempt of a Razorpay order speaks for it when there are several.
 _RANK = {CAPTURED: 5, AUTHORIZED: 4, REFUNDED: 3, FAILED: 2, CREATED: 1}
 # A captured payment makes these orders paid; any other order state needs a human.
@@ -69,8 +71,8 @@ class GatewayPayment:
         if status not in _RANK:
             raise ValueError(f"payment {entity.get('id')!r} has an unknown status {status!r}")
         return cls(
-            id=str(entity["id"]), status=status, amount=int(entity["amount"]),
-            currency=str(entity["currency"]), amount_refunded=int(entity.get("amount_refunded") or 0),
+            id=str(entity["id"]), status=status, amount=_paise("amount", entity["amount"]),
+            currency=str(entity["currency"]), amount_refunded=_paise("amount_refunded", entity.get("amount_refunded") or 0),
             error_code=str(entity.get("error_code") or "")[:64],
             error_description=str(entity.get("error_description") or "")[:255],
             created_at=int(entity.get("created_at") or 0),
@@ -87,6 +89,15 @@ def pick_attempt(entities: Iterable[dict]) -> GatewayPayment | None:
     if not attempts:
         return None
     return max(attempts, key=lambda p: (_RANK[p.status], p.created_at))
+
+
+def _paise(name: str, value) -> int:
+    """An amount in paise exactly as the gateway states it: a whole number, never rounded into one."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} {value!r} is not a whole number of paise")
+    if value < 0:
+        raise ValueError(f"{name} {value!r} is negative")
+    return value
 
 
 @dataclass
@@ -106,12 +117,21 @@ def capture_allowed(*, order_status: str, order_created_at: datetime, authorized
     return authorized_since is None or now < authorized_since + AUTO_REFUND_AFTER - CAPTURE_MARGIN
 
 
+# What a row needs for the amount check: the payment's amount and its order's.
+AMOUNT_FIELDS = ("amount_paise", "currency", "order__amount_paise", "order__currency")
+
+
 def mismatch(row: dict, gp: GatewayPayment) -> str:
+    """Why the gateway's money disagrees with ours ('' when it agrees): the payment row's amount and
+    currency, and the order's, which is what the buyer was asked to pay."""
     if gp.status not in (AUTHORIZED, CAPTURED, REFUNDED):
         return ""
     if gp.amount != row["amount_paise"] or gp.currency != row["currency"]:
         return (f"gateway {gp.id} has {gp.amount} {gp.currency}, "
                 f"ours is {row['amount_paise']} {row['currency']}")
+    if gp.amount != row["order__amount_paise"] or gp.currency != row["order__currency"]:
+        return (f"gateway {gp.id} has {gp.amount} {gp.currency}, "
+                f"its order is {row['order__amount_paise']} {row['order__currency']}")
     return ""
 
 
@@ -125,12 +145,22 @@ def plan(row: dict, gp: GatewayPayment | None) -> str:
         if gp.status == CAPTURED and gp.amount_refunded > row["refunded_paise"]:
             return "refund_progress"
         return ""
+    if row["status"] == AUTHORIZED and gp.status == FAILED:
+        # The authorized attempt itself failed (the bank refused its capture): only that attempt's
+        # word counts, never a stale failure of another attempt of the same Razorpay order.
+        return FAILED if gp.id == row.get("razorpay_payment_id") else ""
+    if row["status"] == FAILED and row.get("error_code") == CAPTURE_REFUSED and gp.status == AUTHORIZED:
+        return ""  # we stopped trying to capture it; Razorpay's auto-refund releases the money
     if row["status"] in TRANSITIONS.get(gp.status, ()):
         return gp.status
     return ""
 
 
-_LOCK_FIELDS = ("pk", "status", "order_id", "amount_paise", "currency", "refunded_paise", "mismatch")
+_LOCK_FIELDS = ("pk", "status", "order_id", "razorpay_payment_id", "refunded_paise", "mismatch", "error_code",
+                *AMOUNT_FIELDS)
+# A payment still authorized at a sync is asked again for its capture at most once per this
+# period: longer than the capture task's retries last, so one capture chain runs at a time.
+CAPTURE_ASK_EVERY = 3600
 
 
 def payment_apply_observations(
@@ -177,8 +207,12 @@ def payment_apply_observations(
         _apply_refund_progress(groups.get("refund_progress", {}), rows, now, applied)
 
         if request_capture and still_authorized:
-            # Asked again at every sync until the capture task settles it (no key: each ask is its own event).
-            outbox_add_many(("payment.authorized", {"payment_id": pk}, None) for pk in sorted(still_authorized))
+            # Asked again until the capture task settles it; the key lets one ask per period through.
+            period = int(now.timestamp()) // CAPTURE_ASK_EVERY
+            outbox_add_many(
+                ("payment.authorized", {"payment_id": pk}, f"payment.capture_ask:{pk}:{period}")
+                for pk in sorted(still_authorized)
+            )
             applied.counts["capture_requested"] += len(still_authorized)
     return applied
 

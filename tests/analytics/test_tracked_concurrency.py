@@ -1,7 +1,5 @@
 """Two cleanups and a busy checkout as real processes: every deleted cart is announced and counted once."""
 import json
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
@@ -13,25 +11,12 @@ from carts.models import Cart
 from checkout.timezones import local_date
 from ops.runtime.models import OutboxEvent
 from ops.runtime.outbox import outbox_relay
-from tests.conftest import ROOT
+from tests.carts.processes import report_of, start
 from tests.factories import InternshipFactory
 
 pytestmark = [
     pytest.mark.django_db(transaction=True), pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow,
 ]
-
-
-def _start(role, gate, env, arg):
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.carts.processes", role, gate, str(arg)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def _report(proc) -> dict:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-4000:]
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_overlapping_cleanups_announce_each_deleted_cart_once(redis_client, process_env):
@@ -47,11 +32,11 @@ def test_overlapping_cleanups_announce_each_deleted_cart_once(redis_client, proc
 
     # when two cleanups (batches of 20) and the checkout start together
     gate = f"gate:{uuid.uuid4().hex}"
-    cleaners = [_start("cleaner", gate, process_env, 20) for _ in range(2)]
-    writer = _start("writer", gate, process_env, json.dumps(targets))
+    cleaners = [start("cleaner", gate, process_env, 20) for _ in range(2)]
+    writer = start("writer", gate, process_env, json.dumps(targets))
     redis_client.rpush(gate, *["go"] * 3)
-    cleaned = [_report(proc) for proc in cleaners]
-    wrote = _report(writer)
+    cleaned = [report_of(proc) for proc in cleaners]
+    wrote = report_of(writer)
     finished = timezone.now()
 
     # then the announcements add up to exactly the carts deleted, whoever deleted them

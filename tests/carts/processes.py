@@ -1,10 +1,14 @@
-"""Processes for the cart_cleanup concurrency test: `python -m tests.carts.processes ROLE GATE ARG`.
+"""Processes for the cart cleanup concurrency tests: `python -m tests.carts.processes ROLE GATE ARG`.
 
 Each sets Django up, waits at a Redis gate so that all start together, does its
 part and prints one JSON line with what it did.
 """
 import json
+import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cleaner(batch_size: int) -> dict:
@@ -46,6 +50,21 @@ def writer(target_ids: list[int]) -> dict:
         with transaction.atomic():
             done["created"].append(cart_create(internship=internship).pk)
     return done
+
+
+def start(role: str, gate: str, env: dict, arg) -> subprocess.Popen:
+    """Start one of these processes (from a test); it waits at `gate` before it acts."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.carts.processes", role, gate, str(arg)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def report_of(proc: subprocess.Popen) -> dict:
+    """What a finished process did: its last line of JSON (it must have exited 0)."""
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str]) -> None:

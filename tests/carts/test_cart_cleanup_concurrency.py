@@ -1,7 +1,5 @@
 """Two cleanups and a busy checkout, as three real processes on one database."""
 import json
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
@@ -11,7 +9,7 @@ from django.utils import timezone
 
 from carts.models import Cart, CartDayTally, CartStatus, cart_cache_key
 from orders.models import Order
-from tests.conftest import ROOT
+from tests.carts.processes import report_of, start
 from tests.factories import OrderFactory
 
 pytestmark = [
@@ -27,19 +25,6 @@ def _bulk_carts(internship, n, *, age, idle=None, **fields) -> list[Cart]:
         Cart(internship=internship, created_at=now - age, updated_at=now - (idle or age), **fields)
         for _ in range(n)
     )
-
-
-def _start(role, gate, env, arg):
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.carts.processes", role, gate, str(arg)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def _report(proc) -> dict:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-4000:]
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_overlapping_cleanups_and_checkout_writes(internship, redis_client, process_env):
@@ -61,11 +46,11 @@ def test_overlapping_cleanups_and_checkout_writes(internship, redis_client, proc
 
     # when two cleanups and the checkout start together
     gate = f"gate:{uuid.uuid4().hex}"
-    cleaners = [_start("cleaner", gate, process_env, 20) for _ in range(2)]
-    writer = _start("writer", gate, process_env, json.dumps(targets))
+    cleaners = [start("cleaner", gate, process_env, 20) for _ in range(2)]
+    writer = start("writer", gate, process_env, json.dumps(targets))
     redis_client.rpush(gate, *["go"] * 3)
-    cleaned = [_report(proc) for proc in cleaners]
-    wrote = _report(writer)
+    cleaned = [report_of(proc) for proc in cleaners]
+    wrote = report_of(writer)
 
     # then nothing that should stay is lost
     saved = set(wrote["touched"]) | set(wrote["ordered"])

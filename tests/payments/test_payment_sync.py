@@ -11,7 +11,7 @@ from orders.models import Enrollment, Order
 from payments.services.capture import payment_settle_authorized
 from payments.services.claims import payment_claim
 from payments.services.settle import payment_sync_pending
-from payments.services.state import UNSETTLED
+from payments.services.state import UNSETTLED, GatewayPayment
 from payments.models import Payment, PaymentReport
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db]
@@ -232,3 +232,81 @@ def test_any_concurrency_and_chunk_size_reconcile_everything(
     statuses = sorted(Payment.objects.filter(pk__in=[p.pk for p in made]).values_list("status", flat=True))
     assert statuses == ["captured"] * 3 + ["failed"] * 2
     assert OutboxEvent.objects.filter(topic="order.paid").count() == 3
+
+
+def test_a_capture_failed_at_the_bank_fails_the_payment_and_its_order_expires_with_one_email(
+        make_payment, fake_gateway, django_capture_on_commit_callbacks, settings):
+    # given an authorized payment whose capture the bank fails (Razorpay then has it failed)
+    payment, pay_id = make_payment(at_gateway="authorized", local_status="authorized")
+    fake_gateway.set_capture_outcome(pay_id, "fail")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = payment_settle_authorized(payment_id=payment.pk)
+
+    # then the payment follows the gateway to failed, with the reason, and is never asked again
+    assert outcome == "failed"
+    payment.refresh_from_db()
+    assert payment.status == "failed" and "capture failed" in payment.error_description
+    assert fake_gateway.captures(pay_id) == 0
+    # and once its order is past ORDER_TTL, order_cleanup expires it with one email
+    settings.ORDER_TTL = timedelta(seconds=0)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_job("order_cleanup")
+        run_job("order_cleanup")
+    assert Order.objects.get(pk=payment.order_id).status == "expired"
+    assert len([m for m in mail.outbox if "expired" in m.subject.lower()]) == 1
+
+
+def test_a_capture_refused_while_the_payment_stays_authorized_fails_it_once_and_for_good(
+        make_payment, fake_gateway, django_capture_on_commit_callbacks):
+    payment, pay_id = make_payment(at_gateway="authorized", local_status="authorized")
+    fake_gateway.set_capture_outcome(pay_id, "refuse")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = payment_settle_authorized(payment_id=payment.pk)
+
+    assert outcome == "failed"
+    payment.refresh_from_db()
+    assert payment.status == "failed" and payment.error_code == "CAPTURE_REFUSED"
+    assert "capture refused" in payment.error_description
+    # the next sync sees it authorized at the gateway and leaves it failed: no new capture chain
+    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - timedelta(hours=2))
+    sync(django_capture_on_commit_callbacks)
+    assert Payment.objects.get(pk=payment.pk).status == "failed"
+    assert not OutboxEvent.objects.filter(topic="payment.authorized", payload__payment_id=payment.pk).exists()
+
+
+def test_a_payment_still_authorized_is_asked_for_its_capture_once_per_period(
+        make_payment, fake_gateway, django_capture_on_commit_callbacks):
+    # given an authorized payment whose capture keeps meeting a gateway outage
+    payment, pay_id = make_payment(at_gateway="authorized", local_status="authorized")
+    # when two syncs see it still authorized (as would two overlapping ones), capture tasks not run here
+    for _ in range(2):
+        Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - timedelta(hours=2))
+        payment_sync_pending(concurrency=1)
+    # then it was asked for once: one capture chain at a time
+    asks = OutboxEvent.objects.filter(topic="payment.authorized", payload__payment_id=payment.pk)
+    assert asks.count() == 1 and asks.get().key.startswith(f"payment.capture_ask:{payment.pk}:")
+
+
+def test_the_order_s_own_amount_is_checked_against_the_gateway(
+        make_payment, fake_gateway, django_capture_on_commit_callbacks):
+    # given a payment row and the gateway both at 100 USD, for an order of 499900 INR
+    payment, pay_id = make_payment(at_gateway="authorized", amount=100, gateway_currency="USD")
+    Payment.objects.filter(pk=payment.pk).update(currency="USD")
+    Order.objects.filter(pk=payment.order_id).update(amount_paise=499900, currency="INR")
+
+    counts = sync(django_capture_on_commit_callbacks)
+
+    # then it is flagged for a person, never captured, and the order is not paid
+    payment.refresh_from_db()
+    assert counts["mismatched"] == 1 and "its order is 499900 INR" in payment.mismatch
+    assert fake_gateway.captures(pay_id) == 0
+    assert Order.objects.get(pk=payment.order_id).status == "pending"
+
+
+@pytest.mark.parametrize("amount", [100.5, "100", True, -1, None])
+def test_an_amount_that_is_not_a_whole_number_of_paise_is_refused(amount):
+    entity = {"id": "pay_x", "status": "captured", "amount": amount, "currency": "INR"}
+    with pytest.raises((ValueError, TypeError)):
+        GatewayPayment.from_entity(entity)

@@ -22,7 +22,7 @@ from ops.maintenance.upkeep import database_cleanup
 from ops.runtime import beat, schedules
 from ops.runtime.models import BeatLease, BeatSlot, JobRun
 from ops.runtime.scheduler import CatchUpScheduler, SlotEntry, SlotSender
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.postgres]
 
@@ -339,17 +339,6 @@ class BeatProcess:
                 self.send(signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._log.close()
-
-
-def wait_for(predicate, timeout, what):
-    """Poll for what other processes bring about (there is no event to block on)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def leader_after(beats, term: int):

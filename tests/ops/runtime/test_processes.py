@@ -20,23 +20,12 @@ from ops.runtime.models import JobRun
 from ops.runtime.registry import get_job
 from ops.runtime.runner import run_job
 from ops.runtime.dispatch import enqueue_job
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.ops.jobs_for_tests import blpop_patiently
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True),
 ]
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    """Poll a condition another process brings about (there is no event to block on)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def runjob(env, *args, **kwargs):
