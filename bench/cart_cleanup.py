@@ -36,7 +36,9 @@ ENV = {
     "DATABASE_URL": f"{SERVER_URL}/{BENCH_DB}",
     "REDIS_URL": REDIS_URL,
     "DJANGO_SETTINGS_MODULE": "checkout.settings",
-    "CELERY_TASK_ALWAYS_EAGER": "true",
+    # Messages go to the broker (this Redis), as in production: what subscribers do with the
+    # job's events is a worker's work, not the job's.
+    "CELERY_TASK_ALWAYS_EAGER": "false",
     "LOG_LEVEL": "WARNING",
 }
 INTERNSHIPS = 20
