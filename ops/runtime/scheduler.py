@@ -21,6 +21,7 @@ what changes is who sends, and when:
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
@@ -39,8 +40,12 @@ from ops.runtime import beat, schedules
 from ops.runtime.ledger import run_skipped
 from ops.runtime.locks import holder_id
 from ops.runtime.models import BeatSlot, JobRun
+from ops.runtime.sweep import runs_sweep
 
 log = logging.getLogger(__name__)
+
+# Seconds between two sweeps of lost runs by the leading beat (each is one indexed query).
+SWEEP_EVERY = 5.0
 
 # A standby wakes this long after the lease's expiry, so that its takeover finds it expired.
 _AFTER_EXPIRY_S = 0.01
@@ -313,6 +318,7 @@ class CatchUpScheduler(DatabaseScheduler):
         self.lead: beat.Lead | None = None
         self.sender: SlotSender | None = None
         self.lease = settings.BEAT_LEASE
+        self._last_sweep = float("-inf")
         super().__init__(*args, **kwargs)
         # The leader renews at every tick: a tick as long as the lease would lose it in between.
         self.max_interval = min(self.max_interval, self.lease.total_seconds() / 3)
@@ -348,8 +354,24 @@ class CatchUpScheduler(DatabaseScheduler):
         else:
             self.sender.resend()
         _, following = self.sender.settle_all(list(self.schedule.values()), now)
+        self._sweep_lost_runs()
         wait = self.max_interval if following is None else min(self.max_interval, (following - now).total_seconds())
         return max(wait, _AFTER_EXPIRY_S)
+
+    def _sweep_lost_runs(self) -> None:
+        """The leader fails runs whose worker was lost, every few seconds: noticed within RUN_LOST_AFTER
+        plus SWEEP_EVERY of the worker's death, not at the job's next run."""
+        started = time.monotonic()
+        if started - self._last_sweep < SWEEP_EVERY:
+            return
+        self._last_sweep = started
+        try:
+            found = runs_sweep()
+        except (DatabaseError, InterfaceError):
+            log.exception("sweep of lost runs failed; the next tick tries again")
+            return
+        if found["lost"]:
+            log.warning("lost runs swept: %s", found)
 
     def _took_over(self, now: datetime) -> None:
         term = self.lead.term

@@ -109,7 +109,6 @@ SCHEDULES: tuple[Schedule, ...] = (
     _job("weekly_analytics", Cron(minute="0", hour="3", day_of_week="0"), WEEK, grace=DAY),
     _job("db_cleanup", Cron(minute="30", hour="3", day_of_week="0"), WEEK, grace=6 * HOUR),
     _task("ops.outbox_relay", Cron(), MINUTE),
-    _task("ops.runs_sweep", Cron(), MINUTE),
     _task("ops.alerts_evaluate", Cron(minute="*/5"), 5 * MINUTE),
 )
 

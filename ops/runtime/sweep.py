@@ -1,11 +1,11 @@
 """Runs whose worker was lost: failed within a minute of their last heartbeat, and run again when due.
 
 A run's heartbeat (ops.runtime.heartbeat) stops when its process is killed, runs
-out of memory or freezes. `runs_sweep` fails every run still "running" whose
-heartbeat is older than RUN_LOST_AFTER (a conditional UPDATE, so two sweepers never
-both act on one run), frees a lease lock its process held, and queues the job
-again (trigger retry) when the lost run was scheduled work rather than a run by
-hand. An advisory lock frees itself: the server ends a dead client's session
+out of memory or freezes. The leading beat calls `runs_sweep` every few seconds;
+it fails every run still "running" whose heartbeat is older than RUN_LOST_AFTER (a
+conditional UPDATE, so two sweepers never both act on one run), frees a lease lock
+its process held, and queues the job again (trigger retry) when the lost run was
+scheduled work rather than a run by hand. An advisory lock frees itself: the server ends a dead client's session
 (see ops.runtime.locks for the keepalives that bound how long that takes).
 """
 from __future__ import annotations

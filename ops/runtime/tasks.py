@@ -33,7 +33,7 @@ from ops.runtime.models import DeadLetter, JobRun
 from ops.runtime.outbox import outbox_relay
 from ops.runtime.registry import Job
 from ops.runtime.runner import run_job
-from ops.runtime.sweep import WORKER_LOST, runs_sweep
+from ops.runtime.sweep import WORKER_LOST
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +234,6 @@ registry.watch(_on_registry)
 def outbox_relay_task() -> int:
     """Publish outbox events whose publication after commit did not go through."""
     return outbox_relay()
-
-
-@background_task("ops.runs_sweep", queue="default", max_retries=0)
-def runs_sweep_task() -> dict:
-    """Fail the runs whose worker was lost (no heartbeat) and queue their jobs again."""
-    return runs_sweep()
 
 
 @background_task("ops.alerts_evaluate", queue="default", max_retries=0)

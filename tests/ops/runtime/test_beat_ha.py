@@ -495,3 +495,24 @@ def test_three_beats_send_every_slot_once_through_a_kill_and_a_freeze(
     assert figures["failover_after_kill_s"] < 5 + 2 * TICK
     assert figures["failover_after_freeze_s"] < 5 + 2 * TICK
     assert figures["caught_up"] + figures["skipped"] >= 2  # the policy did apply at the failovers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_leading_beat_sweeps_runs_whose_worker_was_lost(settings):
+    # given a scheduled run whose heartbeat stopped 40 s ago (its worker was killed)
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    stale = timezone.now() - timedelta(seconds=40)
+    lost = JobRun.objects.create(job="ops_test_undated", trigger="beat", status="running",
+                                 started_at=stale, heartbeat_at=stale, host="gone", pid=1)
+    leader = CatchUpScheduler(app=app)
+    try:
+        # when the beat leads for a tick
+        leader.tick()
+        assert leader.leading
+    finally:
+        leader.close()
+        connection.close()
+    # then the run is failed as lost and its job ran again (inline here)
+    lost.refresh_from_db()
+    assert lost.status == "failed" and lost.error.startswith("worker lost")
+    assert JobRun.objects.filter(job="ops_test_undated", trigger="retry", status="success").exists()

@@ -45,7 +45,6 @@ CONTRACT_SCHEDULES = {
     "weekly_analytics": "0 3 * * 0",
     "db_cleanup": "30 3 * * 0",
     "ops.outbox_relay": "* * * * *",
-    "ops.runs_sweep": "* * * * *",
     "ops.alerts_evaluate": "*/5 * * * *",
 }
 

@@ -32,7 +32,6 @@ TASK_NAMES = {
     # the runtime's own
     "ops.alerts_evaluate",
     "ops.outbox_relay",
-    "ops.runs_sweep",
 }
 
 
