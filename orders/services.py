@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 ENROLLMENT_CONFIRMATION = "enrollment_confirmation"
 ORDER_EXPIRED = "order_expired"
 EMAIL_LEASE = timedelta(minutes=5)
-# The normal path (outbox → enrollment_create) gets this long before the sync heals an order.
+# The normal path (outbox → task) gets this long before a missing effect is re-driven.
 HEAL_AFTER = timedelta(minutes=10)
 HEAL_LIMIT = 2000
+# An effect is re-driven at most once per this period (the re-drive's outbox key carries it).
+REDRIVE_EVERY = 1800
+# Claims of an email past this many (each attempt of each chain counts) stop its re-drives: its
+# last chain is in the dead letters with the reason, for a person to look at.
+EMAIL_REDRIVE_MAX_ATTEMPTS = 14
 
 
 def format_money(paise: int, currency: str) -> str:
@@ -66,6 +71,49 @@ def enrollment_heal_missing(*, now: datetime | None = None, dry_run: bool = Fals
         # No key: each heal is a new announcement (order.paid's key was used by the first one).
         outbox_add_many(("enrollment.missing", {"order_id": order_id}, None) for order_id in order_ids)
     return len(order_ids)
+
+
+def effects_redrive(*, now: datetime | None = None, dry_run: bool = False, limit: int = HEAL_LIMIT) -> dict[str, int]:
+    """Re-drive every customer effect that is not done after HEAL_AFTER, whatever became of its message.
+
+    Each effect's "done" is a row: the enrollment of a paid order, the sent-at marker of its confirmation
+    and of an expired order's email, the sent_at of a stored email. What is not done is announced again
+    through the outbox (once per REDRIVE_EVERY each), to the same idempotent tasks as the first time.
+    Returns how many of each were re-driven (or would be, in a dry run).
+    """
+    now = now or timezone.now()
+    cutoff = now - HEAL_AFTER
+    period = int(now.timestamp()) // REDRIVE_EVERY
+    confirmations = list(
+        Enrollment.objects.filter(confirmation_sent_at__isnull=True, created_at__lt=cutoff, user__email__gt="")
+        .order_by("pk").values_list("pk", flat=True)[:limit]
+    )
+    expiries = list(
+        Order.objects.filter(status=OrderStatus.EXPIRED, expiration_email_sent_at__isnull=True,
+                             expired_at__lt=cutoff, user__email__gt="")
+        .order_by("pk").values_list("pk", flat=True)[:limit]
+    )
+    emails = list(
+        OutgoingEmail.objects.filter(sent_at__isnull=True, created_at__lt=cutoff,
+                                     attempts__lt=EMAIL_REDRIVE_MAX_ATTEMPTS)
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .order_by("pk").values_list("pk", flat=True)[:limit]
+    )
+    counts = {
+        "enrollments_healed": enrollment_heal_missing(now=now, dry_run=dry_run, limit=limit),
+        "notifications_redriven": len(confirmations) + len(expiries),
+        "emails_redriven": len(emails),
+    }
+    if dry_run:
+        return counts
+    events = [
+        ("notification.missing", {"kind": kind, "object_id": pk}, f"notification.missing:{kind}:{pk}:{period}")
+        for kind, ids in ((ENROLLMENT_CONFIRMATION, confirmations), (ORDER_EXPIRED, expiries)) for pk in ids
+    ] + [("email.missing", {"email_id": pk}, f"email.missing:{pk}:{period}") for pk in emails]
+    if events:
+        with transaction.atomic():
+            outbox_add_many(events)
+    return counts
 
 
 # --- notifications and email -------------------------------------------------------------------

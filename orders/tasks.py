@@ -35,3 +35,6 @@ subscribe("enrollment.missing", "enrollment_create")
 subscribe("enrollment.created", "notification_send")
 subscribe("order.expired", "notification_send")
 subscribe("email.queued", "email_send")
+# Re-drives of effects not done in time (services.effects_redrive).
+subscribe("notification.missing", "notification_send")
+subscribe("email.missing", "email_send")

@@ -9,7 +9,7 @@ from ops.runtime.context import JobContext
 from ops.runtime.errors import JobError, JobSkipped
 from ops.runtime.outbox import outbox_relay
 from ops.runtime.registry import job
-from orders.services import enrollment_heal_missing
+from orders.services import effects_redrive
 from payments.health import gateway_health_record, webhooks_check
 from payments.services.order_cleanup import BATCH, order_cleanup_overdue
 from payments.services.reports import payment_report_write
@@ -41,7 +41,7 @@ def webhook_health(ctx: JobContext) -> dict:
     "concurrency": params.integer(SYNC_CONCURRENCY, low=1, high=MAX_CONCURRENCY),
 })
 def payment_sync(ctx: JobContext) -> dict:
-    """Reconcile pending payments with Razorpay, heal missing enrollments, write the period's payment report."""
+    """Reconcile pending payments with Razorpay, re-drive customer effects not done, write the payment report."""
     if not settings.RAZORPAY_KEY_ID or not settings.RAZORPAY_KEY_SECRET:
         raise JobError("RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET are not set: no payment can be reconciled")
     started = timezone.now()
@@ -51,7 +51,8 @@ def payment_sync(ctx: JobContext) -> dict:
         dry_run=ctx.dry_run, concurrency=ctx.params["concurrency"], now=started, on_progress=ctx.progress,
     )
     counts["outbox_relayed"] = relayed
-    counts["enrollments_healed"] = enrollment_heal_missing(now=started, dry_run=ctx.dry_run)
+    # Customer effects not done in time (enrollments, confirmations, expiry emails, emails) are re-driven.
+    counts.update(effects_redrive(now=started, dry_run=ctx.dry_run))
     for key, n in counts.items():
         ctx.add(key, n)
     if ctx.dry_run:

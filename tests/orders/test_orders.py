@@ -1,5 +1,5 @@
 """The orders app on its own: one enrollment per paid order, each notification and email sent once,
-and the heal that announces paid orders still without an enrollment."""
+and the sweep that re-drives every effect not done in time."""
 from datetime import timedelta
 
 import pytest
@@ -9,8 +9,10 @@ from django.utils import timezone
 from ops.runtime.models import OutboxEvent
 from orders.models import Enrollment, OrderStatus, OutgoingEmail
 from orders.services import (
+    EMAIL_REDRIVE_MAX_ATTEMPTS,
     ENROLLMENT_CONFIRMATION,
     HEAL_AFTER,
+    effects_redrive,
     email_send,
     enrollment_create,
     enrollment_heal_missing,
@@ -84,3 +86,38 @@ def test_paid_orders_without_an_enrollment_are_announced_again_after_the_grace()
 
     event = OutboxEvent.objects.get(topic="enrollment.missing")
     assert event.payload == {"order_id": missing.pk}
+
+
+def test_every_effect_not_done_in_time_is_redriven_until_done(settings, django_capture_on_commit_callbacks):
+    # given effects whose messages were lost: a confirmation never queued, an expiry email never
+    # queued, a stored email never sent (and their done twins, which stay alone)
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    late = timezone.now() - HEAL_AFTER - timedelta(minutes=1)
+    unconfirmed = EnrollmentFactory(created_at=late)
+    EnrollmentFactory(created_at=late, confirmation_sent_at=late)
+    expired = OrderFactory(status=OrderStatus.EXPIRED, expired_at=late)
+    OrderFactory(status=OrderStatus.EXPIRED, expired_at=late, expiration_email_sent_at=late)
+    unsent = OutgoingEmail.objects.create(key="k1", to="a@example.com", subject="s", body="b", created_at=late)
+    OutgoingEmail.objects.create(key="k2", to="b@example.com", subject="s", body="b", created_at=late, sent_at=late)
+
+    # when the sweep runs (its tasks run inline here once the outbox publishes)
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = effects_redrive()
+
+    # then each missing effect was re-driven once, and is now done
+    assert counts == {"enrollments_healed": 0, "notifications_redriven": 2, "emails_redriven": 1}
+    unconfirmed.refresh_from_db()
+    expired.refresh_from_db()
+    unsent.refresh_from_db()
+    assert unconfirmed.confirmation_sent_at and expired.expiration_email_sent_at and unsent.sent_at
+    assert len(mail.outbox) == 3  # the re-driven email, and the two notifications' emails
+    # and a second sweep finds nothing left to do
+    with django_capture_on_commit_callbacks(execute=True):
+        assert effects_redrive() == {"enrollments_healed": 0, "notifications_redriven": 0, "emails_redriven": 0}
+
+
+def test_an_email_that_keeps_failing_stops_being_redriven():
+    late = timezone.now() - HEAL_AFTER - timedelta(minutes=1)
+    OutgoingEmail.objects.create(key="k", to="a@example.com", subject="s", body="b", created_at=late,
+                                 attempts=EMAIL_REDRIVE_MAX_ATTEMPTS)
+    assert effects_redrive()["emails_redriven"] == 0
