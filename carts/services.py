@@ -121,13 +121,13 @@ class CacheKeyRemover:
     def __init__(self) -> None:
         self.client = get_redis()
         self.down = False
-        self.stored = 0  # keys stored for later by this run, counted once their batch committed
+        self.stored = 0  # keys stored for later by this run
 
     def remove(self, keys: list[str]) -> None:
-        """Call inside the transaction that deleted the data: a key is removed or stored, never lost.
+        """Call once the delete's transaction has closed: each key is removed, or stored for cache_cleanup.
 
-        Keys go before the commit; should the delete then roll back, the cart
-        merely misses its cache entry and the checkout reads it from the database.
+        A process that dies between the commit and this call leaves entries of deleted
+        carts behind; they expire with their TTL (CART_TTL from the cart's last write).
         """
         if not keys or self.client is None:
             return
@@ -141,11 +141,7 @@ class CacheKeyRemover:
         PendingCacheDelete.objects.bulk_create(
             [PendingCacheDelete(key=key) for key in keys], batch_size=BATCH_SIZE, ignore_conflicts=True
         )
-        transaction.on_commit(lambda: self._count_stored(len(keys)))
-
-    def _count_stored(self, n: int) -> None:
-        self.stored += n
-
+        self.stored += len(keys)
 
 def pending_cache_delete_flush(*, batch_size: int = BATCH_SIZE) -> int:
     """Remove the stored cache keys from Redis, then their rows; returns how many.
@@ -289,7 +285,7 @@ def cart_abandon_batch(*, after_id: int, upto_id: int, idle_cutoff: datetime, no
 
 
 def _batched(where: tuple[str, list], apply, *, after_id: int, batch_size: int, deadline: float | None,
-             on_batch) -> BatchProgress:
+             on_batch, after_batch=None) -> BatchProgress:
     """Walk the carts matching `where` by primary key, `apply(after_id, upto_id)` per batch (its internship ids)."""
 
     def step(lo: int) -> Batch:
@@ -297,7 +293,7 @@ def _batched(where: tuple[str, list], apply, *, after_id: int, batch_size: int, 
         if upto_id is None:
             return Batch(0, None)
         internship_ids = apply(lo, upto_id)
-        return Batch(len(internship_ids), upto_id, tally=Counter(internship_ids))
+        return Batch(len(internship_ids), upto_id, tally=Counter(internship_ids), after=after_batch)
 
     # An order placed on a cart of a batch can commit after the DELETE's snapshot was
     # taken, and the foreign key check then refuses the delete: the batch runs again,
@@ -312,14 +308,18 @@ def cart_purge_expired(
     """Delete never-converted carts with no activity since `cutoff` and no order, with their cache keys."""
     cache = cache or CacheKeyRemover()
 
+    keys: list[str] = []
+
     def apply(lo: int, hi: int) -> list[int]:
         gone = cart_expire_batch(after_id=lo, upto_id=hi, cutoff=cutoff)
-        cache.remove([cart_cache_key(token) for token, _ in gone])
+        keys[:] = [cart_cache_key(token) for token, _ in gone]  # this attempt's alone
         return [internship_id for _, internship_id in gone]
 
+    # Keys go once the batch's transaction has closed: a batch refused at commit (an order placed on
+    # one of its carts meanwhile) and redone keeps that cart, and must not have taken its cache entry.
     return _batched(
         expired_where(cutoff), apply, after_id=after_id, batch_size=batch_size,
-        deadline=deadline, on_batch=on_batch,
+        deadline=deadline, on_batch=on_batch, after_batch=lambda: cache.remove(keys),
     )
 
 

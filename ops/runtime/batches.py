@@ -26,6 +26,9 @@ class Batch:
     last_id: int | None
     more: bool = True
     tally: Counter | None = None  # per-key counts the caller wants summed (carts per internship...)
+    # Called once the batch's transaction has closed without error: effects outside the database
+    # (cache entries) that must follow only a batch that stands, never one refused and redone.
+    after: Callable[[], None] | None = None
 
 
 @dataclass
@@ -58,6 +61,8 @@ def run_batches(
                 raise
             with transaction.atomic():
                 batch = step(progress.after_id)
+        if batch.after is not None:
+            batch.after()
         if batch.last_id is None:
             progress.done = True
             return progress
