@@ -23,6 +23,7 @@ from django.utils import timezone
 from checkout.redis import get_redis
 from ops.maintenance import selectors
 from ops.maintenance.workers import WORKER_SEEN_WINDOW
+from ops.runtime.status import job_statuses
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,10 @@ def _database_key() -> tuple:
 
 def _stored_parts() -> dict:
     now = timezone.now()
+    statuses = job_statuses(now)
     return {
-        "services": {name: selectors.stored_service_status(name, now) for name in REPORTED_SERVICES},
-        "cron_jobs": selectors.job_overview(now),
+        "services": selectors.stored_service_statuses(REPORTED_SERVICES, now, statuses),
+        "cron_jobs": {name: status.as_dict() for name, status in statuses.items()},
         "dead_letters": selectors.dead_letter_counts(),
     }
 

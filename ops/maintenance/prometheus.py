@@ -129,8 +129,7 @@ def _health_metrics():
     services = sorted(set(selectors.STORED_SERVICES) | set(
         HealthCheck.objects.values_list("service", flat=True).distinct()
     ))
-    for service in services:
-        entry = selectors.stored_service_status(service)
+    for service, entry in selectors.stored_service_statuses(services).items():
         for value in SERVICE_STATUSES:
             status.add_metric([service, value], 1 if entry["status"] == value else 0)
         if "age_s" in entry:

@@ -14,7 +14,7 @@ from ops.maintenance.models import HealthCheck
 from ops.maintenance.workers import count_seen_command
 from ops.runtime.models import DeadLetter
 from ops.runtime.registry import all_jobs
-from ops.runtime.status import job_interval, job_statuses
+from ops.runtime.status import job_statuses
 
 # Stored results shown by /health/, and the job that produces each.
 STORED_SERVICES = {
@@ -30,16 +30,21 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def stale_after(service: str) -> timedelta:
-    """A result older than twice its job's interval (or HEALTH_STALE_AFTER) no longer says anything."""
-    job = STORED_SERVICES.get(service)
-    interval = job_interval(job) if job in all_jobs() else None
-    return 2 * interval if interval else settings.HEALTH_STALE_AFTER
+def stored_service_statuses(services, now: datetime | None = None,
+                            statuses: dict | None = None) -> dict[str, dict]:
+    """The latest stored result of each service: ok/degraded/down, or unknown when missing or stale.
 
-
-def stored_service_status(service: str, now: datetime | None = None) -> dict:
-    """The latest stored result of `service`: ok/degraded/down, or unknown when missing or stale."""
+    A result older than twice its job's interval (HEALTH_STALE_AFTER for a service no job checks)
+    no longer says anything. `statuses`, the job statuses when the caller has them already,
+    saves reading them again.
+    """
     now = now or timezone.now()
+    if statuses is None:
+        statuses = job_statuses(now, names=[job for job in STORED_SERVICES.values() if job in all_jobs()])
+    return {service: _stored_status(service, now, statuses) for service in services}
+
+
+def _stored_status(service: str, now: datetime, statuses: dict) -> dict:
     check = (
         HealthCheck.objects.filter(service=service)
         .values("status", "latency_ms", "checked_at").first()
@@ -53,14 +58,11 @@ def stored_service_status(service: str, now: datetime | None = None) -> dict:
         "age_s": round(age.total_seconds()),
         "latency_ms": check["latency_ms"],
     }
-    if age > stale_after(service):
+    status = statuses.get(STORED_SERVICES.get(service))
+    interval = status.interval if status is not None else None
+    if age > (2 * interval if interval else settings.HEALTH_STALE_AFTER):
         entry.update(status=UNKNOWN, reason=f"last result is stale ({check['status']})")
     return entry
-
-
-def job_overview(now: datetime | None = None) -> dict[str, dict]:
-    """Per registered job, the job status as /health/ reports it (see ops.runtime.status)."""
-    return {name: status.as_dict() for name, status in job_statuses(now).items()}
 
 
 def dead_letter_counts() -> dict[str, int]:

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import F, Max, Q, Window
+from django.db.models import F, Max, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -161,7 +160,7 @@ def job_statuses(now: datetime | None = None, *, names: list[str] | None = None)
     names = sorted(names if names is not None else jobs)
     beat = beat_schedules()
     managed_since = dict(
-        ManagedSchedule.objects.filter(Q(name__in=[s.name for s in beat.values()]))
+        ManagedSchedule.objects.filter(name__in=[s.name for s in beat.values()])
         .values_list("name", "created_at")
     )
     last_runs = _last_runs(names)
@@ -175,7 +174,7 @@ def job_statuses(now: datetime | None = None, *, names: list[str] | None = None)
         schedule = beat.get(name)
         own = schedule.interval(now) if schedule is not None and schedule.enabled else None
         if own is None and name not in seen:
-            parents = [interval_of(p, seen | {name}) for p in _scheduled_parents(name, beat, jobs)]
+            parents = [interval_of(p, seen | {name}) for p in _scheduled_parents(name, beat)]
             own = min((p for p in parents if p is not None), default=None)
         intervals[name] = own
         return own
@@ -184,13 +183,13 @@ def job_statuses(now: datetime | None = None, *, names: list[str] | None = None)
         schedule = beat.get(name)
         if schedule is not None and schedule.enabled:
             return managed_since.get(schedule.name)
-        starts = [since_of(p, seen | {name}) for p in _scheduled_parents(name, beat, jobs) if p not in seen]
+        starts = [since_of(p, seen | {name}) for p in _scheduled_parents(name, beat) if p not in seen]
         return min((s for s in starts if s is not None), default=None)
 
     statuses = {}
     for name in names:
         schedule = beat.get(name)
-        after = tuple(_scheduled_parents(name, beat, jobs))
+        after = tuple(_scheduled_parents(name, beat))
         interval = interval_of(name)
         last_run = last_runs.get(name)
         last_success = last_successes.get(name)
@@ -207,21 +206,11 @@ def job_statuses(now: datetime | None = None, *, names: list[str] | None = None)
     return statuses
 
 
-def _scheduled_parents(name: str, beat: dict[str, Schedule], jobs) -> list[str]:
+def _scheduled_parents(name: str, beat: dict[str, Schedule]) -> list[str]:
     """The jobs that chain to `name` and are themselves scheduled (directly or through their own parents)."""
     parents = []
     for parent in chained_from(name):
         schedule = beat.get(parent)
-        if (schedule is not None and schedule.enabled) or _scheduled_parents(parent, beat, jobs):
+        if (schedule is not None and schedule.enabled) or _scheduled_parents(parent, beat):
             parents.append(parent)
     return parents
-
-
-def job_interval(name: str, now: datetime | None = None) -> timedelta | None:
-    """How often `name` is expected to run now (None when nothing schedules it)."""
-    return job_statuses(now, names=[name])[name].interval
-
-
-def zone_of(status: JobStatus) -> ZoneInfo:
-    return ZoneInfo(status.schedule.zone if status.schedule and status.schedule.zone
-                    else settings.CHECKOUT_TIME_ZONE)

@@ -24,7 +24,8 @@ log = logging.getLogger("ops.jobs")
 
 # Six missed heartbeats: long enough for a busy database to delay a few of them.
 RUN_LOST_AFTER = timedelta(seconds=30)
-WORKER_LOST = "worker lost: no heartbeat since {since} (the process running it died or froze)"
+WORKER_LOST_PREFIX = "worker lost"
+WORKER_LOST = WORKER_LOST_PREFIX + ": no heartbeat since {since} (the process running it died or froze)"
 # Runs worth running again once their worker is lost: those the schedule asked for.
 REQUEUED_TRIGGERS = (
     JobRun.Trigger.BEAT, JobRun.Trigger.CATCH_UP, JobRun.Trigger.CONTINUATION, JobRun.Trigger.CHAIN,

@@ -33,7 +33,7 @@ from ops.runtime.models import DeadLetter, JobRun
 from ops.runtime.outbox import outbox_relay
 from ops.runtime.registry import Job
 from ops.runtime.runner import run_job
-from ops.runtime.sweep import WORKER_LOST
+from ops.runtime.sweep import WORKER_LOST_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def background_task(
 
 def _lost_deliveries(task_id: str) -> int:
     return JobRun.objects.filter(task_id=task_id, status=JobRun.Status.FAILED).filter(
-        Q(error__startswith=WORKER_LOST.split(":", 1)[0]) | Q(error=HOLDER_DIED)
+        Q(error__startswith=WORKER_LOST_PREFIX) | Q(error=HOLDER_DIED)
     ).count()
 
 
