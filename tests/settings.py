@@ -35,3 +35,9 @@ from checkout.settings import *  # noqa: E402,F401,F403
 
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The manifest storage needs `collectstatic` first; tests render templates without it
+# (the browser test of the served admin collects into its own directory).
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

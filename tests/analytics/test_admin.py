@@ -1,10 +1,7 @@
 """The report admin: read-only lists, the chart drawn on the page, CSV export, and a real browser."""
 import csv
 import io
-import os
 import re
-import shutil
-import tempfile
 from datetime import timedelta
 
 import pytest
@@ -14,14 +11,10 @@ from analytics.models import DailyReport
 from analytics.services import daily_reports_build, weekly_report_build, week_before
 from checkout.timezones import local_today
 from tests.analytics.conftest import local
+from tests.browser import admin_login, chromium
 from tests.factories import CartFactory, OrderFactory
-from tests.services import in_ci
 
 pytestmark = [pytest.mark.postgres]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
 
 @pytest.fixture
 def reports():
@@ -95,28 +88,10 @@ def test_csv_export_of_selected_reports(admin_client, reports):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_chart_is_drawn_in_a_real_browser(live_server, admin_user, reports, tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        if in_ci():
-            pytest.fail("CI=true but chromium/chromedriver are not installed")
-        pytest.skip("chromium and chromedriver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1280,1000",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-', dir=tmp_path)}"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        browser.set_page_load_timeout(30)
-        browser.get(f"{live_server.url}{reverse('admin:login')}")
-        browser.find_element(By.NAME, "username").send_keys(admin_user.username)
-        browser.find_element(By.NAME, "password").send_keys("password")
-        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    with chromium(tmp_path) as browser:
+        admin_login(browser, live_server.url, admin_user.username, "password")
         browser.get(f"{live_server.url}{reverse('admin:analytics_dailyreport_changelist')}")
 
         chart = browser.find_element(By.CSS_SELECTOR, "svg.analytics-chart")
@@ -128,8 +103,6 @@ def test_chart_is_drawn_in_a_real_browser(live_server, admin_user, reports, tmp_
         assert chart.find_element(By.CSS_SELECTOR, "polyline.conversion-line").get_attribute("points")
         browser.save_screenshot(str(tmp_path / "daily-report-chart.png"))
         assert (tmp_path / "daily-report-chart.png").stat().st_size > 0
-    finally:
-        browser.quit()
 
 
 @pytest.mark.django_db

@@ -18,7 +18,7 @@ from ops.runtime.errors import JobError, JobSkipped
 from ops.runtime.tasks import background_task
 
 TEST_JOBS = ("ops_test_job", "ops_test_undated", "ops_test_tick")
-TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink")
+TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink", "ops_test.backlog", "ops_test.urgent")
 HOLD_TIMEOUT_S = 60
 
 
@@ -75,6 +75,20 @@ def flaky(kind: str = "transient") -> str:
     if kind == "transient":
         raise Transient("gateway busy")
     raise ValueError("bad input")
+
+
+# --- for the queue priority test of tests/ops/runtime/test_priority.py -------------------------
+@background_task("ops_test.backlog", queue="default", max_retries=0)
+def backlog(counter: str) -> None:
+    """Default-queue filler: counts itself done."""
+    get_redis().incr(counter)
+
+
+@background_task("ops_test.urgent", queue="high", max_retries=0)
+def urgent(counter: str, stamp: str) -> None:
+    """High-queue work: records when it started and how much of the backlog had run by then."""
+    client = get_redis()
+    client.rpush(stamp, f"{time.time()} {int(client.get(counter) or 0)}")
 
 
 # --- for the beat processes of tests/ops/runtime/test_beat_ha.py --------------------------------

@@ -84,10 +84,9 @@ class Command(BaseCommand):
             if no_serve:
                 return
             self.stdout.write(f"Admin: http://127.0.0.1:{port}/admin/  (Ctrl-C stops)\n")
-            # insecure_serving: the admin's static files, since DEBUG is off by default.
-            call_command(
-                "runserver", f"127.0.0.1:{port}", use_reloader=False, insecure_serving=True, skip_checks=True,
-            )
+            # The admin's static files as in production: collected, then served by WhiteNoise.
+            call_command("collectstatic", interactive=False, verbosity=0)
+            call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, skip_checks=True)
         finally:
             if fake is not None:
                 fake.stop()
