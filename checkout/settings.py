@@ -223,6 +223,11 @@ CHECKOUT_EXTRA_JOB_MODULES = env_list("CHECKOUT_EXTRA_JOB_MODULES", [])
 ALERT_FAILURE_RATIO = env_float("ALERT_FAILURE_RATIO", 0.5)
 ALERT_WINDOW = env_duration("ALERT_WINDOW", timedelta(hours=6))
 ALERT_MIN_RUNS = env_int("ALERT_MIN_RUNS", 2, minimum=1)
+# Rules that page about what jobs found: a dependency down this long, this many dead tasks,
+# a payment authorized (or, past ORDER_TTL, created) this long. Mismatched payments page at once.
+ALERT_DEPENDENCY_DOWN_AFTER = env_duration("ALERT_DEPENDENCY_DOWN_AFTER", timedelta(minutes=30))
+ALERT_DEAD_LETTERS = env_int("ALERT_DEAD_LETTERS", 10, minimum=1)
+ALERT_PAYMENT_STUCK_AFTER = env_duration("ALERT_PAYMENT_STUCK_AFTER", timedelta(hours=6))
 ALERT_BACKENDS = env_list("ALERT_BACKENDS", ["ops.runtime.alerts.LogBackend", "ops.runtime.alerts.EmailBackend"])
 
 # --- static, security ---------------------------------------------------------

@@ -14,3 +14,4 @@ class MaintenanceConfig(AppConfig):
     def ready(self) -> None:
         # Connected before any worker starts: celery only sends the signal if it has receivers then.
         heartbeat_sent.connect(note_heartbeat, weak=False, dispatch_uid="maintenance.note_heartbeat")
+        from ops.maintenance import alerting  # noqa: F401  (registers the dependency alert rules)

@@ -10,11 +10,17 @@ backend is a class with `send(*, incident, event)`, event being "opened" or "res
 Rules are evaluated after each run of the job, and for every job by the periodic
 task `ops.alerts_evaluate` (a job that stopped running cannot evaluate itself).
 "No recent success" is the job status's "late" (ops.runtime.status).
+
+Packages add rules about what they own (a dependency down too long, dead letters piling
+up, payments that need a person) with `alert_rule`; `ops.alerts_evaluate` checks them
+too, each an incident of its own named after the rule. Every notice says what to do next.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Callable
 
 from django.conf import settings
 from django.core.mail import mail_admins
@@ -23,17 +29,37 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from ops.runtime.models import AlertIncident, JobRun
+from ops.runtime.models import AlertIncident, DeadLetter, JobRun
 from ops.runtime.registry import all_jobs
 from ops.runtime.status import JobStatus, job_statuses
 
 log = logging.getLogger("ops.runtime.alerts")
 
 
+# What a person does about an incident of a job's own rules.
+_JOB_NEXT_STEPS = {
+    AlertIncident.Kind.FAILURE_RATIO: (
+        "read the failed runs' errors (admin: Operations > Job runs, filtered by job), fix the cause, "
+        "then run it by hand: manage.py runjob {job}"
+    ),
+    AlertIncident.Kind.STALE: (
+        "check that a beat leads and workers consume its queue (/health/, manage.py runjob --list), "
+        "then run it by hand: manage.py runjob {job}"
+    ),
+    AlertIncident.Kind.CONDITION: "read the job's latest run in the admin (Operations > Job runs)",
+}
+
+
+def next_step(incident: AlertIncident) -> str:
+    """What to do about the incident: the rule's own advice, or the job rules' default."""
+    return (incident.detail or {}).get("next_step") or _JOB_NEXT_STEPS[incident.kind].format(job=incident.job)
+
+
 class LogBackend:
     def send(self, *, incident: AlertIncident, event: str) -> None:
         if event == "opened":
-            log.error("ALERT job=%s kind=%s %s", incident.job, incident.kind, incident.summary)
+            log.error("ALERT job=%s kind=%s %s; next: %s", incident.job, incident.kind, incident.summary,
+                      next_step(incident))
         else:
             log.warning("RECOVERED job=%s kind=%s %s", incident.job, incident.kind, incident.summary)
 
@@ -44,7 +70,10 @@ class EmailBackend:
     def send(self, *, incident: AlertIncident, event: str) -> None:
         if event == "opened":
             subject = f"ALERT {incident.job}: {incident.get_kind_display()}"
-            body = f"{incident.summary}\n\nOpened at {incident.opened_at:%Y-%m-%d %H:%M:%S %Z}.\n"
+            body = (
+                f"{incident.summary}\n\nWhat to do next: {next_step(incident)}\n\n"
+                f"Opened at {incident.opened_at:%Y-%m-%d %H:%M:%S %Z}.\n"
+            )
         else:
             subject = f"RECOVERED {incident.job}: {incident.get_kind_display()}"
             body = (
@@ -186,8 +215,69 @@ def alerts_after_run(run: JobRun) -> None:
         log.exception("alert evaluation after run %s of %s failed", run.pk, run.job)
 
 
+@dataclass(frozen=True)
+class Condition:
+    """What a rule found: whether it trips, in one line, with figures for the incident."""
+
+    tripped: bool
+    summary: str
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    name: str
+    check: Callable[[datetime], Condition]
+    next_step: str
+
+
+_RULES: dict[str, AlertRule] = {}
+
+
+def alert_rule(name: str, *, next_step: str):
+    """Register `check(now) -> Condition` as the rule `name` (the incident's name), with advice."""
+    def register(check: Callable[[datetime], Condition]):
+        _RULES[name] = AlertRule(name=name, check=check, next_step=next_step)
+        return check
+    return register
+
+
+def alert_rules() -> dict[str, AlertRule]:
+    return dict(_RULES)
+
+
+def evaluate_rules(now: datetime | None = None, open_incidents: dict | None = None) -> dict[str, str]:
+    """Check every registered rule; returns {rule: "opened" | "resolved"} for what changed.
+
+    A rule that cannot be checked (its database table or service is what is down) keeps
+    its incident as it was and is logged, so one broken rule never hides the others.
+    """
+    now = now or timezone.now()
+    if open_incidents is None:
+        open_incidents = {
+            i.job: i for i in AlertIncident.objects.filter(
+                job__in=list(_RULES), kind=AlertIncident.Kind.CONDITION, resolved_at__isnull=True)
+        }
+    changes = {}
+    for rule in _RULES.values():
+        try:
+            found = rule.check(now)
+        except Exception:
+            log.exception("alert rule %s could not be checked", rule.name)
+            continue
+        incident = open_incidents.get(rule.name)
+        if incident is None and found.tripped:
+            detail = {**found.detail, "next_step": rule.next_step}
+            if _open(rule.name, AlertIncident.Kind.CONDITION, found.summary, detail, now) is not None:
+                changes[rule.name] = "opened"
+        elif incident is not None and not found.tripped:
+            if _resolve(incident, now):
+                changes[rule.name] = "resolved"
+    return changes
+
+
 def alerts_evaluate(now: datetime | None = None) -> dict[str, dict[str, str]]:
-    """Evaluate every registered job's rules; returns what changed per job."""
+    """Evaluate every registered job's rules and every registered rule; what changed per name."""
     now = now or timezone.now()
     open_incidents: dict[str, list[AlertIncident]] = {}
     for incident in AlertIncident.objects.filter(resolved_at__isnull=True):
@@ -198,4 +288,21 @@ def alerts_evaluate(now: datetime | None = None) -> dict[str, dict[str, str]]:
         changed = evaluate_job(job, now=now, open_incidents=open_incidents.get(job, []), status=statuses[job])
         if changed:
             changes[job] = changed
+    rule_incidents = {
+        name: incident for name, incidents in open_incidents.items() if name in _RULES
+        for incident in incidents if incident.kind == AlertIncident.Kind.CONDITION
+    }
+    for name, change in evaluate_rules(now, rule_incidents).items():
+        changes.setdefault(name, {})[AlertIncident.Kind.CONDITION] = change
     return changes
+
+
+@alert_rule("dead_letters", next_step=(
+    "read the dead tasks' errors (admin: Operations > Dead letters), fix the cause, "
+    "then requeue them from the admin (action: requeue)"
+))
+def _dead_letters_piling_up(now: datetime) -> Condition:
+    dead = DeadLetter.objects.filter(state=DeadLetter.State.DEAD).count()
+    threshold = settings.ALERT_DEAD_LETTERS
+    return Condition(dead >= threshold, f"{dead} dead tasks wait in the dead letters (threshold {threshold})",
+                     {"dead": dead, "threshold": threshold})
