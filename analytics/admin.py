@@ -4,6 +4,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Count, Max, Min
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils.html import format_html, format_html_join
 
@@ -12,6 +15,10 @@ from analytics.charts import build_chart
 from analytics.models import DailyCounter, DailyInternshipReport, DailyReport, WeeklyReport
 from analytics.selectors import daily_series, expired_cart_age_average, weekly_series
 from checkout.timezones import local_today
+from ops.runtime.admin import link_result
+
+link_result("daily_analytics", "date", DailyReport, field="date")
+link_result("weekly_analytics", "week_start", WeeklyReport, field="week_start")
 
 CHART_RANGES = (30, 90)
 RANGE_PARAM = "range"
@@ -20,6 +27,11 @@ RANGE_PARAM = "range"
 class _Echo:
     def write(self, value):
         return value
+
+
+def _span(queryset, field: str) -> tuple:
+    figures = queryset.aggregate(first=Min(field), last=Max(field), count=Count("pk"))
+    return figures["first"], figures["last"], figures["count"]
 
 
 class ReportAdmin(ReadOnlyAdmin):
@@ -31,10 +43,18 @@ class ReportAdmin(ReadOnlyAdmin):
     exclude = ("tracked",)
     readonly_fields = ("tracked_counters", "average_expired_cart_age")
 
-    @admin.action(description="Export selected reports as CSV")
+    @admin.action(description="Export selected reports as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
         writer = csv.writer(_Echo())
         fields = self.csv_fields
+        # One entry for the export as a whole: which reports left the admin, and who took them.
+        first, last, count = _span(queryset, fields[0])
+        meta = self.model._meta
+        LogEntry.objects.create(
+            user_id=request.user.pk, content_type=ContentType.objects.get_for_model(self.model),
+            object_repr=f"{count} {meta.verbose_name_plural}", action_flag=CHANGE,
+            change_message=f"Exported {count} {meta.verbose_name_plural} as CSV ({first} to {last})",
+        )
 
         def rows():
             yield writer.writerow(fields)

@@ -29,6 +29,7 @@ SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1
 os.environ["DATABASE_URL"] = f"{SERVER_URL}/{BENCH_DB}"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checkout.settings")
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "true")
+os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(32).hex())  # DEBUG off on PostgreSQL needs a key
 
 import psycopg2  # noqa: E402
 

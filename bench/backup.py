@@ -31,6 +31,7 @@ os.environ.update(
     BACKUP_RESTORE_CHECK="never",
 )
 os.environ.pop("REDIS_URL", None)
+os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(32).hex())  # DEBUG off on PostgreSQL needs a key
 
 
 def psql(sql: str, database: str = "postgres") -> None:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 BENCH_DB = "checkout_bench_carts"
 SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(32).hex())  # DEBUG off on PostgreSQL needs a key
 ENV = {
     **os.environ,
     "DATABASE_URL": f"{SERVER_URL}/{BENCH_DB}",

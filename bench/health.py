@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 DB_NAME = "checkout_bench_health"
 PG = "postgres://postgres@127.0.0.1:5432/"
 REDIS = "redis://127.0.0.1:6379/6"
+os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(32).hex())  # DEBUG off on PostgreSQL needs a key
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 

@@ -25,6 +25,7 @@ os.environ["CELERY_TASK_ALWAYS_EAGER"] = "false"
 os.environ["CHECKOUT_EXTRA_JOB_MODULES"] = "bench.runtime_jobs"
 os.environ["DJANGO_SETTINGS_MODULE"] = "checkout.settings"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(32).hex())  # DEBUG off on PostgreSQL needs a key
 
 
 def ensure_database() -> None:

@@ -3,10 +3,12 @@ against COPY with them maintained row by row (the baseline), same plan, same dat
 
     DATABASE_URL=postgres://... python bench/seed_demo.py [--carts 100000] [--orders 20000]
 
-The domain tables must start empty (a fresh database, or `seed_demo --reset --carts 0 --orders 0`).
+The domain tables must start empty (a fresh database, or `seed_demo --reset --carts 0 --orders 0
+--yes-destroy <database>`).
 Each load runs in a transaction that is rolled back, so the database is left as it was; the
 baseline's deferred foreign-key checks, which a real seed pays at commit, are run and timed first.
-Memory at two sizes: `/usr/bin/time -v manage.py seed_demo --reset --carts N --orders M` at each N.
+Memory at two sizes: `/usr/bin/time -v manage.py seed_demo --reset --yes-destroy <database> --carts N
+--orders M` at each N.
 """
 import argparse
 import os
@@ -52,7 +54,7 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("bench/seed_demo.py needs DATABASE_URL pointing at PostgreSQL")
     if any(model.objects.exists() for model in (Cart, Order, Payment, Enrollment)):
-        sys.exit("bench/seed_demo.py needs empty domain tables: run `manage.py seed_demo --reset --carts 0 --orders 0`")
+        sys.exit("bench/seed_demo.py needs empty domain tables: run `manage.py seed_demo --reset --carts 0 --orders 0 --yes-destroy <database>`")
     plan = SeedPlan(carts=args.carts, orders=args.orders)
     baseline = timed_load(plan, rebuild=False)
     rebuilt = timed_load(plan, rebuild=True)

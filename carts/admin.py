@@ -2,6 +2,9 @@ from django.contrib import admin
 
 from checkout.admin import ReadOnlyAdmin, ReadOnlyInline
 from carts.models import Cart, CartDayTally, CartSnapshot, CartSnapshotLine, PendingCacheDelete
+from ops.runtime.admin import link_result
+
+link_result("cart_cleanup", "snapshot_id", CartSnapshot)
 
 
 @admin.register(Cart)

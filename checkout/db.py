@@ -5,10 +5,14 @@ needs a vendor's feature asks here instead of comparing vendor strings itself.
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
 POSTGRESQL, SQLITE = "postgresql", "sqlite"
 SUPPORTED = (POSTGRESQL, SQLITE)
+# DATABASE_POOLING=transaction: PgBouncer's transaction pooling, where each transaction may run on
+# another server connection ("session", the default: each connection is one server session).
+TRANSACTION_POOLING = "transaction"
 
 
 def vendor(alias: str = DEFAULT_DB_ALIAS) -> str:
@@ -22,6 +26,18 @@ def is_postgres(alias: str = DEFAULT_DB_ALIAS) -> bool:
 
 def is_sqlite(alias: str = DEFAULT_DB_ALIAS) -> bool:
     return vendor(alias) == SQLITE
+
+
+def session_locks_hold(alias: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether a lock taken for a connection's session lasts as long as that connection.
+
+    True on PostgreSQL reached as one session per connection. Behind transaction
+    pooling (DATABASE_POOLING=transaction) the server session under a connection
+    changes between transactions: a session advisory lock would stay behind on a
+    server connection other clients then use, so locks are rows there instead. SQLite
+    has no advisory locks at all.
+    """
+    return is_postgres(alias) and settings.DATABASE_POOLING != TRANSACTION_POOLING
 
 
 def skip_commit_flush(cursor, alias: str = DEFAULT_DB_ALIAS) -> None:

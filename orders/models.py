@@ -60,6 +60,11 @@ class Order(models.Model):
     cancelled_at = models.DateTimeField(null=True, blank=True)
     refunded_at = models.DateTimeField(null=True, blank=True)
     expiration_email_sent_at = models.DateTimeField(null=True, blank=True)
+    # When a payment of this order last failed while the order waited for one; the customer is
+    # told once (payment_failed_email_sent_at), unless the order is paid or closed first.
+    payment_failed_at = models.DateTimeField(null=True, blank=True)
+    payment_failed_email_sent_at = models.DateTimeField(null=True, blank=True)
+    refund_email_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -96,6 +101,8 @@ class Enrollment(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     confirmation_sent_at = models.DateTimeField(null=True, blank=True)
+    # Set when its order is refunded in full: the enrollment no longer stands.
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,18 +1,20 @@
-"""Alert rules on payments that need a person: amounts that disagree with the gateway, payments stuck."""
+"""Alert rules on payments that need a person: amounts that disagree with the gateway, payments stuck,
+disputes waiting for an answer."""
 from __future__ import annotations
 
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Min, Q
 
 from ops.runtime.alerts import Condition, alert_rule
-from payments.models import Payment
+from payments.models import DISPUTE_NEEDS_ACTION, Dispute, Payment
 
 
 @alert_rule("payments:mismatch", next_step=(
-    "open Payments in the admin filtered by mismatch, compare each with the Razorpay dashboard, then "
-    "resolve it: accept the gateway's amount, or refund and cancel the order; none is paid meanwhile"
+    "open Payments in the admin filtered by mismatch (Flagged), compare each with the Razorpay dashboard, then "
+    "resolve it on its page (Resolve mismatch): accept the gateway's amount, or refund and cancel the order; "
+    "none is paid meanwhile"
 ))
 def _mismatched(now: datetime) -> Condition:
     flagged = Payment.objects.exclude(mismatch="")
@@ -40,3 +42,19 @@ def _stuck(now: datetime) -> Condition:
         f"longer than they should be",
         {"by_status": by_status, "after_s": round(after.total_seconds())},
     )
+
+
+@alert_rule("payments:dispute", next_step=(
+    "open Payments in the admin filtered by dispute \"needs an answer\"; on the Razorpay dashboard "
+    "(Transactions > Disputes) contest each with evidence, or accept it, before its respond-by date: "
+    "an unanswered dispute is lost"
+))
+def _disputed(now: datetime) -> Condition:
+    waiting = Dispute.objects.filter(status__in=DISPUTE_NEEDS_ACTION)
+    figures = waiting.aggregate(count=Count("pk"), first_due=Min("respond_by"))
+    count, first_due = figures["count"], figures["first_due"]
+    due = f", the first due {first_due:%Y-%m-%d %H:%M} UTC" if first_due else ""
+    return Condition(count > 0, f"payment disputes waiting for an answer: {count}{due}", {
+        "count": count, "first_due": first_due.isoformat() if first_due else None,
+        "dispute_ids": list(waiting.order_by("respond_by").values_list("razorpay_dispute_id", flat=True)[:5]),
+    })

@@ -15,6 +15,7 @@ Errors carry operation and ids, never credentials.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from importlib.metadata import PackageNotFoundError, version
 
@@ -26,6 +27,8 @@ from razorpay import errors as sdk_errors
 from payments import ratelimit
 
 RATE_LIMIT_KEY = "razorpay"
+# Razorpay's X-Refund-Idempotency: at least 10 of these characters (64 at most here).
+REFUND_KEY = re.compile(r"[A-Za-z0-9_-]{10,64}")
 
 try:
     _SDK_VERSION = version("razorpay")
@@ -253,14 +256,39 @@ def capture(payment_id: str, amount_paise: int, currency: str) -> dict:
     )
 
 
-def refund(payment_id: str, amount_paise: int | None = None) -> dict:
-    """Refund a payment (in full when no amount is given); returns the refund entity."""
+def refund(payment_id: str, amount_paise: int | None = None, *, idempotency_key: str | None = None,
+           notes: dict[str, str] | None = None) -> dict:
+    """Refund a payment (in full when no amount is given); returns the refund entity.
+
+    With `idempotency_key` (X-Refund-Idempotency: 10+ of [A-Za-z0-9_-]) a retry of the same request
+    gets the refund the first one made, never a second; `notes` are kept on the refund at Razorpay.
+    """
     _check_id(payment_id, "pay_", "payment_id")
-    body = {}
+    body: dict = {}
     if amount_paise is not None:
         _check_amount(amount_paise)
         body["amount"] = amount_paise
-    return _call("payment.refund", payment_id, lambda c, t: c.payment.refund(payment_id, body, timeout=t))
+    if notes:
+        body["notes"] = notes
+    options = {}
+    if idempotency_key is not None:
+        if not REFUND_KEY.fullmatch(idempotency_key):
+            raise ValueError(f"idempotency_key must be 10-64 of [A-Za-z0-9_-], got {idempotency_key!r}")
+        options["headers"] = {"X-Refund-Idempotency": idempotency_key}
+    return _call("payment.refund", payment_id,
+                 lambda c, t: c.payment.refund(payment_id, body, timeout=t, **options))
+
+
+def fetch_refunds(payment_id: str) -> list[dict]:
+    """The payment's refunds, newest first (up to 100, Razorpay's largest page)."""
+    _check_id(payment_id, "pay_", "payment_id")
+    body = _call("payment.refunds", payment_id,
+                 lambda c, t: c.payment.fetch_multiple_refund(payment_id, {"count": 100}, timeout=t))
+    items = body.get("items")
+    if not isinstance(items, list):
+        raise GatewayUnavailable("payment refunds answer has no items list", operation="payment.refunds",
+                                 resource_id=payment_id)
+    return items
 
 
 def _check_amount(amount_paise) -> None:

@@ -12,6 +12,7 @@ from ops.runtime.registry import job
 from orders.services import effects_redrive
 from payments.health import gateway_health_record, webhooks_check
 from payments.services.order_cleanup import BATCH, order_cleanup_overdue
+from payments.services.refunds import refunds_redrive
 from payments.services.reports import payment_report_write
 from payments.services.settle import payment_sync_pending
 
@@ -41,7 +42,8 @@ def webhook_health(ctx: JobContext) -> dict:
     "concurrency": params.integer(SYNC_CONCURRENCY, low=1, high=MAX_CONCURRENCY),
 })
 def payment_sync(ctx: JobContext) -> dict:
-    """Reconcile pending payments with Razorpay, re-drive customer effects not done, write the payment report."""
+    """Reconcile pending payments with Razorpay, re-drive customer effects and refunds not done, write the
+    payment report."""
     if not settings.RAZORPAY_KEY_ID or not settings.RAZORPAY_KEY_SECRET:
         raise JobError("RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET are not set: no payment can be reconciled")
     started = timezone.now()
@@ -53,6 +55,8 @@ def payment_sync(ctx: JobContext) -> dict:
     counts["outbox_relayed"] = relayed
     # Customer effects not done in time (enrollments, confirmations, expiry emails, emails) are re-driven.
     counts.update(effects_redrive(now=started, dry_run=ctx.dry_run))
+    # Refunds the gateway has not answered for (a timeout, a crash) are asked again, never made twice.
+    counts.update(refunds_redrive(now=started, dry_run=ctx.dry_run))
     for key, n in counts.items():
         ctx.add(key, n)
     if ctx.dry_run:

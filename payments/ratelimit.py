@@ -5,7 +5,7 @@ allowance) in one atomic script using Redis' clock, so processes on different ho
 A caller whose slot is more than `max_wait` away reserves nothing and gets RateLimitExceeded
 with the time to wait, to retry later with a countdown instead of blocking a worker. Without
 Redis (or while it fails) the same schedule is kept per process, which bounds each process
-rather than the fleet.
+rather than the fleet; an outage is logged once when it starts and once when it ends.
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from functools import lru_cache
 
 import redis
 
-from checkout.redis import get_redis
+from checkout.redis import RedisOutageLog, get_redis
 
 log = logging.getLogger(__name__)
+_outage = RedisOutageLog(log, "rate limiter", "each process keeps its own request schedule")
 
 # KEYS[1]: theoretical arrival time (µs) of the next request.
 # ARGV: interval µs, burst tolerance µs, max wait µs. Returns {reserved 0|1, wait µs}.
@@ -103,7 +104,9 @@ def _reserve(key: str, interval: float, tolerance: float, max_wait: float) -> tu
                 keys=[f"ratelimit:{key}"],
                 args=[int(interval * 1e6), int(tolerance * 1e6), int(max_wait * 1e6)],
             )
-            return bool(reserved), wait_us / 1e6
         except redis.RedisError as exc:
-            log.warning("rate limiter %s falls back to this process: Redis failed: %s", key, exc)
+            _outage.failed(exc)
+        else:
+            _outage.ok()
+            return bool(reserved), wait_us / 1e6
     return _local_schedule.reserve(key, interval, tolerance, max_wait)

@@ -4,6 +4,7 @@ from django.db import DatabaseError
 from ops.runtime.outbox import subscribe
 from ops.runtime.tasks import background_task
 from payments.services.capture import payment_settle_authorized
+from payments.services.claims import PaymentBusy
 from payments.webhooks import webhook_event_apply
 from payments.gateway import GatewayRateLimited, GatewayUnavailable
 
@@ -12,7 +13,7 @@ from payments.gateway import GatewayRateLimited, GatewayUnavailable
 # out well inside Razorpay's 3-day auto-refund window; after that the next payment_sync asks again.
 @background_task(
     "payment_retry", queue="high", max_retries=6, backoff_base=4.0, backoff_cap=600.0,
-    retry_on=(GatewayUnavailable, GatewayRateLimited, DatabaseError),
+    retry_on=(GatewayUnavailable, GatewayRateLimited, DatabaseError, PaymentBusy),
 )
 def payment_retry(payment_id: int) -> str:
     """Capture (or, when its order can no longer be bought, refund) one authorized payment."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests import brokers
 from tests.services import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +68,36 @@ def test_database_url(django_db_setup):
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhost():
+    """A RabbitMQ virtual host of this test session's own (its URL), deleted after the session."""
+    reason = brokers.rabbitmq_unavailable()
+    if reason and in_ci():
+        pytest.fail(f"CI=true but {reason}: start it (see .ci/run); under CI a missing broker is a failure")
+    if reason:
+        pytest.skip(reason)
+    name, url = brokers.vhost_create()
+    yield url
+    brokers.vhost_delete(name)
+
+
 @pytest.fixture
-def process_env(test_database_url):
-    """Environment for a child process that must see the test database and Redis."""
+def broker(request):
+    """The broker of worker processes and `celery_live`: Redis, or RabbitMQ when a test is
+    parametrized with `@pytest.mark.parametrize("broker", brokers.BROKERS, indirect=True)`.
+    RabbitMQ's queues are emptied before and after each test (its virtual host lives for the session)."""
+    if getattr(request, "param", "redis") == "redis":
+        yield brokers.Broker("redis", settings.CELERY_BROKER_URL)
+        return
+    rabbitmq = brokers.Broker("rabbitmq", request.getfixturevalue("rabbitmq_vhost"))
+    rabbitmq.purge()
+    yield rabbitmq
+    rabbitmq.purge()
+
+
+@pytest.fixture
+def process_env(test_database_url, broker):
+    """Environment for a child process that must see the test database, Redis and the broker."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=test_database_url,
@@ -77,6 +105,8 @@ def process_env(test_database_url):
         CELERY_TASK_ALWAYS_EAGER="false",
         PYTHONPATH=str(ROOT),
     )
+    if broker.name == "rabbitmq":
+        env["CELERY_BROKER_URL"] = broker.url
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL
     return env
@@ -144,14 +174,19 @@ def celery_worker_factory(process_env, redis_client, tmp_path):
 
 
 @pytest.fixture
-def celery_live(settings):
-    """Send tasks to the real broker instead of running them inline."""
+def celery_live(settings, broker):
+    """Send tasks to the real broker (the `broker` fixture's) instead of running them inline."""
     from checkout.celery import app
 
-    previous = app.conf.task_always_eager
+    previous, previous_url = app.conf.task_always_eager, app.conf.broker_url
     app.conf.task_always_eager = False
+    if broker.name == "rabbitmq":
+        brokers.app_use_broker(app, broker.url)
+        settings.CELERY_BROKER_URL = broker.url
     yield app
     app.conf.task_always_eager = previous
+    if broker.name == "rabbitmq":
+        brokers.app_use_broker(app, previous_url)
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):

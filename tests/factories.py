@@ -1,6 +1,7 @@
 """factory_boy factories for the checkout domain."""
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from carts.models import Cart
@@ -67,3 +68,12 @@ class EnrollmentFactory(factory.django.DjangoModelFactory):
     order = factory.SubFactory(OrderFactory, status="paid", paid_at=factory.LazyFunction(timezone.now))
     user = factory.LazyAttribute(lambda e: e.order.user)
     internship = factory.LazyAttribute(lambda e: e.order.internship)
+
+
+def staff_user(username: str, *perms: str):
+    """An active staff user (for the admin) holding exactly `perms`, each "app_label.codename"."""
+    user = UserFactory(username=username, is_staff=True)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user

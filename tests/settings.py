@@ -5,6 +5,7 @@ a service that does not answer leaves the tests that need it skipped (a failure
 under CI=true, see tests/conftest.py).
 """
 import os
+import secrets
 import tempfile
 
 from tests.services import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, answers
@@ -30,6 +31,12 @@ SERVICES["redis"] = bool(os.environ.get("REDIS_URL")) and answers(os.environ["RE
 # In-process tests run tasks inline; tests of a worker's behaviour start real workers.
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "true")
 os.environ.setdefault("BACKUP_DIR", os.path.join(tempfile.gettempdir(), "checkout-test-backups"))
+# DEBUG off on PostgreSQL is production, which needs a key of its own and https. Tests and the
+# processes they start (which inherit this environment) serve plain http on 127.0.0.1.
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
+os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 
 from checkout.settings import *  # noqa: E402,F401,F403
 

@@ -1,14 +1,18 @@
 """A local fake of Razorpay's /v1 API, served over real HTTP for the SDK, the demo and the tests.
 
 It answers what payments/gateway.py calls (payment and order fetch, an order's payments,
-capture, refund) in Razorpay's JSON and error shapes, checks basic auth, keeps state a test
-can script (statuses, late transitions, capture outcomes, auto-refunds), and injects faults
-(latency, 5xx, 429, timeouts, HTML bodies) from a seeded RNG. Faults are drawn in request
-arrival order, so a single-threaded client sees the same sequence for the same seed.
+capture, refund (idempotent by X-Refund-Idempotency), a payment's refunds) in Razorpay's JSON
+and error shapes, checks basic auth, keeps state a test can script (statuses, late transitions,
+capture outcomes, auto-refunds), injects faults (latency, 5xx, 429, timeouts, HTML bodies,
+answers lost after a POST was applied) from a seeded RNG, and writes the signed webhook
+deliveries Razorpay would post about a payment. Faults are drawn in request arrival order, so
+a single-threaded client sees the same sequence for the same seed.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import random
 import re
@@ -33,7 +37,13 @@ _ROUTES = [
     ("GET", re.compile(r"^/v1/orders/(?P<id>[^/]+)/payments$"), "order_payments"),
     ("POST", re.compile(r"^/v1/payments/(?P<id>[^/]+)/capture$"), "payment_capture"),
     ("POST", re.compile(r"^/v1/payments/(?P<id>[^/]+)/refund$"), "payment_refund"),
+    ("GET", re.compile(r"^/v1/payments/(?P<id>[^/]+)/refunds$"), "payment_refunds"),
 ]
+# Webhook events the fake writes, and the entities each one carries besides the payment.
+WEBHOOK_EVENTS = {
+    "payment.authorized": (), "payment.captured": (), "payment.failed": (),
+    "order.paid": ("order",), "refund.processed": ("refund",),
+}
 HTML_BODY = (
     b"<html><head><title>502 Bad Gateway</title></head>"
     b"<body><center><h1>502 Bad Gateway</h1></center></body></html>"
@@ -70,6 +80,23 @@ class Faults:
     # True: a faulted POST is applied first and only its answer is lost (the nasty case
     # where the gateway captured but the client never heard).
     after_apply: bool = False
+    # Transient faults: a payment or order id meets at most this many (then its calls go through),
+    # so a client that retries is bound to get its answers. None: no bound.
+    max_per_id: int | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One POST Razorpay would make: the raw body, its X-Razorpay-Signature and X-Razorpay-Event-Id."""
+
+    event_id: str
+    event: str
+    body: bytes
+    signature: str
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Razorpay-Signature": self.signature, "X-Razorpay-Event-Id": self.event_id,
+                "Content-Type": "application/json"}
 
 
 @dataclass
@@ -136,7 +163,10 @@ class FakeRazorpay:
         self._orders: dict[str, _Order] = {}
         self._payments: dict[str, _Payment] = {}
         self._refunds: list[dict] = []
+        # X-Refund-Idempotency key -> (the request's body, the refund it made): a retry gets the same refund.
+        self._refund_keys: dict[str, tuple[dict, dict]] = {}
         self._captures: Counter = Counter()
+        self._faults_by_id: Counter = Counter()
         self._calls: list[dict] = []
         self.faults = Faults()
         self._server: ThreadingHTTPServer | None = None
@@ -268,6 +298,39 @@ class FakeRazorpay:
         with self._lock:
             return self._order_entity(self._orders[order_id])
 
+    def webhook(self, event: str, payment_id: str, *, secret: str, entity: dict | None = None,
+                event_id: str | None = None) -> WebhookDelivery:
+        """The signed delivery of `event` about a payment, as Razorpay posts it.
+
+        The payment is as it stands now unless `entity` (a snapshot taken earlier, for a
+        delivery that arrives late) is given; `event_id` repeats an earlier delivery's id
+        (Razorpay's retries keep it).
+        """
+        if event not in WEBHOOK_EVENTS:
+            raise ValueError(f"unknown webhook event {event!r} (one of {', '.join(WEBHOOK_EVENTS)})")
+        if not secret:
+            raise ValueError("a webhook delivery is signed: give the webhook secret")
+        with self._lock:
+            payment = self._payment(payment_id)
+            entity = dict(entity) if entity is not None else payment.entity()
+            payload = {"payment": {"entity": entity}}
+            if "order" in WEBHOOK_EVENTS[event]:
+                if payment.order_id is None:
+                    raise ValueError(f"{payment_id} has no order for an order.paid event")
+                payload["order"] = {"entity": self._order_entity(self._orders[payment.order_id])}
+            if "refund" in WEBHOOK_EVENTS[event]:
+                refunds = [r for r in self._refunds if r["payment_id"] == payment_id]
+                if not refunds:
+                    raise ValueError(f"{payment_id} has no refund for a refund.processed event")
+                payload["refund"] = {"entity": dict(refunds[-1])}
+            event_id = event_id or self._new_id("evt_")
+        body = json.dumps({
+            "entity": "event", "account_id": "acc_FakeRazorpay01", "event": event,
+            "contains": ["payment", *WEBHOOK_EVENTS[event]], "payload": payload, "created_at": int(time.time()),
+        }, separators=(",", ":")).encode()
+        signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return WebhookDelivery(event_id=event_id, event=event, body=body, signature=signature)
+
     # --- observation -------------------------------------------------------------------------
     def captures(self, payment_id: str) -> int:
         """How many captures of this payment the gateway applied (a second one would be a double charge)."""
@@ -304,10 +367,11 @@ class FakeRazorpay:
             return
         payment.status = status
 
-    def _add_refund(self, payment: _Payment, amount: int) -> dict:
+    def _add_refund(self, payment: _Payment, amount: int, notes: dict | None = None) -> dict:
         refund = {
             "id": self._new_id("rfnd_"), "entity": "refund", "amount": amount, "currency": payment.currency,
-            "payment_id": payment.id, "notes": [], "receipt": None, "acquirer_data": {"arn": None},
+            "payment_id": payment.id, "notes": dict(notes) if notes else [], "receipt": None,
+            "acquirer_data": {"arn": None},
             "created_at": int(time.time()), "batch_id": None, "status": "processed",
             "speed_processed": "normal", "speed_requested": "normal",
         }
@@ -378,7 +442,26 @@ class FakeRazorpay:
         self._captures[payment.id] += 1
         return payment.entity()
 
-    def _op_payment_refund(self, payment_id: str, body: dict) -> dict:
+    def _op_payment_refunds(self, payment_id: str, body: dict) -> dict:
+        payment = self._find_payment(payment_id)
+        items = [dict(r) for r in reversed(self._refunds) if r["payment_id"] == payment.id]
+        return {"entity": "collection", "count": len(items), "items": items}
+
+    def _op_payment_refund(self, payment_id: str, body: dict, idempotency_key: str | None = None) -> dict:
+        if idempotency_key is not None:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{10,}", idempotency_key):
+                raise _bad_request("The idempotency key is invalid", field_name="X-Refund-Idempotency")
+            if idempotency_key in self._refund_keys:
+                first_body, refund = self._refund_keys[idempotency_key]
+                if first_body != body:
+                    raise _bad_request("The request body differs from the first request with this idempotency key")
+                return dict(refund)
+        refund = self._refund(payment_id, body)
+        if idempotency_key is not None:
+            self._refund_keys[idempotency_key] = (body, refund)
+        return dict(refund)
+
+    def _refund(self, payment_id: str, body: dict) -> dict:
         payment = self._find_payment(payment_id)
         if payment.status not in ("captured", "authorized"):
             if payment.status == "refunded":
@@ -392,7 +475,8 @@ class FakeRazorpay:
             raise _bad_request("The refund amount provided is greater than amount captured", field_name="amount")
         if payment.status == "authorized" and amount != payment.amount:
             raise _bad_request("An authorized payment can only be refunded in full", field_name="amount")
-        return self._add_refund(payment, amount)
+        notes = body.get("notes")
+        return self._add_refund(payment, amount, notes if isinstance(notes, dict) else None)
 
     def _find_payment(self, payment_id: str) -> _Payment:
         payment = self._payments.get(payment_id)
@@ -407,12 +491,16 @@ class FakeRazorpay:
         return order
 
     # --- request handling --------------------------------------------------------------------
-    def _draw_fault(self) -> str | None:
+    def _draw_fault(self, resource_id: str | None = None) -> str | None:
         with self._lock:
             f = self.faults
             roll = self._rng.random()
             for name, p in (("timeout", f.p_timeout), ("5xx", f.p_5xx), ("429", f.p_429), ("html", f.p_html)):
                 if roll < p:
+                    if f.max_per_id is not None and resource_id is not None:
+                        if self._faults_by_id[resource_id] >= f.max_per_id:
+                            return None
+                        self._faults_by_id[resource_id] += 1
                     return name
                 roll -= p
             return None
@@ -463,7 +551,7 @@ class _Handler(BaseHTTPRequestHandler):
         latency = fake.faults.latency_ms
         if latency and fake._stopping.wait(latency / 1000):
             return
-        fault = fake._draw_fault()
+        fault = fake._draw_fault(resource_id)
         entry["fault"] = fault
         apply_first = fault is not None and fake.faults.after_apply and method == "POST"
         if fault is not None and not apply_first:
@@ -492,9 +580,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ValueError
         except ValueError:
             return 400, _bad_request("The request body is not valid JSON").body
+        # Razorpay's idempotent refunds: the same key (and body) returns the refund made the first time.
+        extra = {"idempotency_key": self.headers["X-Refund-Idempotency"]} if (
+            operation == "payment_refund" and self.headers.get("X-Refund-Idempotency") is not None) else {}
         try:
             with fake._lock:
-                return 200, getattr(fake, f"_op_{operation}")(resource_id, body)
+                return 200, getattr(fake, f"_op_{operation}")(resource_id, body, **extra)
         except FakeError as exc:
             return exc.status, exc.body
 

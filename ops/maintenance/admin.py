@@ -1,4 +1,8 @@
-"""Admin for backups, database snapshots and dependency health results (read-only records)."""
+"""Admin for backups, database snapshots and dependency health results (read-only records).
+
+A backup row is never deleted here: db_cleanup's retention deletes a backup's file with its
+row, and a row deleted alone would leave a file nobody accounts for.
+"""
 from django.contrib import admin, messages
 from django.template.defaultfilters import filesizeformat
 
@@ -6,6 +10,13 @@ from checkout.admin import ReadOnlyAdmin
 
 from ops.maintenance.backups import BackupError, backup_verify
 from ops.maintenance.models import Backup, DbSnapshot, HealthCheck, JobRunTally
+from ops.runtime.admin import link_result
+
+link_result("db_backup", "backup_id", Backup)
+link_result("db_monitor", "snapshot_id", DbSnapshot)
+
+# Verifying reads the file and stamps the row's verified_at: a change of the backup row.
+VERIFY_PERMISSION = "maintenance.change_backup"
 
 
 @admin.register(Backup)
@@ -24,15 +35,20 @@ class BackupAdmin(ReadOnlyAdmin):
     def restore_ok(self, obj):
         return obj.restore_check.get("ok") if obj.restore_check else None
 
-    @admin.action(description="Verify the selected backups (checksum and archive)")
+    def has_verify_permission(self, request) -> bool:
+        return request.user.has_perm(VERIFY_PERMISSION)
+
+    @admin.action(description="Verify the selected backups (checksum and archive)", permissions=["verify"])
     def verify(self, request, queryset):
         for backup in queryset:
             try:
-                backup_verify(backup)
+                entries = backup_verify(backup)
             except BackupError as exc:
+                self.log_change(request, backup, f"Verification failed: {exc}")
                 self.message_user(request, str(exc), messages.ERROR)
             else:
-                self.message_user(request, f"backup {backup.pk} verified", messages.SUCCESS)
+                self.log_change(request, backup, f"Verified: size and SHA-256 as recorded, {entries} archive entries read")
+                self.message_user(request, f"Backup {backup.pk} verified", messages.SUCCESS)
 
 
 @admin.register(DbSnapshot)

@@ -9,18 +9,23 @@ on a command line or in a log line.
 
 Restore (documented in ops/maintenance/RESTORE.md): `manage.py restore_backup ID
 --database NAME` checks the file's SHA-256, restores into a new database and
-compares the row counts recorded at backup time.
+compares the row counts recorded at backup time. A restored database is marked as
+such (PostgreSQL: its comment; SQLite: its header's application id and user version),
+so that a later restore may replace it while it is still that backup's copy, and
+nothing else without the operator typing its name.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -47,6 +52,11 @@ MAIN_MODELS = (
     "ops.JobRun",
 )
 PARTIAL_PREFIX = ".partial-"
+# How a restore marks the database it made: PostgreSQL's comment on the database (followed by
+# the backup's id), and in SQLite's header an application id of our own ("CHKR") with the id
+# in user_version. Neither changes a table, so the restored rows stay the backup's.
+RESTORED_MARK = "restored by restore_backup from backup "
+SQLITE_RESTORED_APPLICATION_ID = 0x43484B52
 
 
 class BackupError(Exception):
@@ -211,6 +221,12 @@ def _pg_drop_database(name: str) -> None:
         conn.close()
 
 
+def _pg_connect_to(database: str):
+    target = connections.create_connection(DEFAULT_DB_ALIAS)
+    target.settings_dict = {**target.settings_dict, "NAME": database}
+    return target
+
+
 def _pg_restore(path: Path, database: str, *, replace: bool) -> dict[str, int]:
     conn = _admin_connection()
     try:
@@ -228,13 +244,54 @@ def _pg_restore(path: Path, database: str, *, replace: bool) -> dict[str, int]:
          *pg_connection_args(), f"--dbname={database}", str(path)],
         timeout=settings.BACKUP_TIMEOUT.total_seconds(),
     )
-    target = connections.create_connection(DEFAULT_DB_ALIAS)
-    target.settings_dict = {**target.settings_dict, "NAME": database}
+    target = _pg_connect_to(database)
     try:
         with target.cursor() as cursor:
             return _count_rows(cursor, target.ops.quote_name)
     finally:
         target.close()
+
+
+def _pg_mark_restored(database: str, backup_id: int) -> None:
+    conn = _admin_connection()
+    try:
+        with conn.cursor() as cursor:
+            # COMMENT takes no bind parameters; the text is ours and holds no quote.
+            cursor.execute(f"COMMENT ON DATABASE {conn.ops.quote_name(database)} IS '{RESTORED_MARK}{backup_id}'")
+    finally:
+        conn.close()
+
+
+def _pg_target(database: str) -> RestoreTarget | None:
+    conn = _admin_connection()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_database_size(oid), shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname = %s", [database],
+            )
+            row = cursor.fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    size, comment = row
+    mark = re.fullmatch(re.escape(RESTORED_MARK) + r"(\d+)", comment or "")
+    target = _pg_connect_to(database)
+    try:
+        with target.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            )
+            tables = cursor.fetchone()[0]
+            counts = _counts_or_none(cursor, target.ops.quote_name) if mark else None
+    except DatabaseError as exc:
+        raise BackupError(f"cannot read the database {database!r}: {exc}".strip()) from None
+    finally:
+        target.close()
+    return RestoreTarget(
+        f"database {database!r}", size, tables, int(mark.group(1)) if mark else None, counts,
+    )
 
 
 # --- SQLite -----------------------------------------------------------------------
@@ -252,12 +309,43 @@ def _copy_sqlite(path: Path) -> dict[str, int]:
     return _sqlite_counts(path)
 
 
+def _sqlite_quote(name: str) -> str:
+    return '"%s"' % name.replace('"', '""')
+
+
 def _sqlite_counts(path: Path) -> dict[str, int]:
     conn = sqlite3.connect(path)
     try:
-        return _count_rows(conn.cursor(), lambda name: '"%s"' % name.replace('"', '""'))
+        return _count_rows(conn.cursor(), _sqlite_quote)
     finally:
         conn.close()
+
+
+def _sqlite_mark_restored(path: Path, backup_id: int) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"PRAGMA application_id = {SQLITE_RESTORED_APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {int(backup_id)}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _sqlite_target(path: Path) -> RestoreTarget | None:
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        restored_from = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        mark = application_id == SQLITE_RESTORED_APPLICATION_ID
+        counts = _counts_or_none(conn.cursor(), _sqlite_quote) if mark else None
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{path} is not a readable SQLite database: {exc}") from None
+    finally:
+        conn.close()
+    return RestoreTarget(f"file {str(path)!r}", path.stat().st_size, tables, restored_from if mark else None, counts)
 
 
 def _sqlite_check(path: Path) -> int:
@@ -363,25 +451,69 @@ def backup_verify(backup: Backup) -> int:
     return entries
 
 
+@dataclass(frozen=True)
+class RestoreTarget:
+    """A database (or SQLite file) that exists where a restore was asked to go."""
+
+    label: str  # "database 'x'" or "file '/path'"
+    size_bytes: int
+    tables: int
+    # The backup it was restored from, when a restore made it; its main tables' row counts now.
+    restored_from: int | None = None
+    counts: dict[str, int] | None = None
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.size_bytes / 1e6:,.1f} MB, {self.tables} table{'' if self.tables == 1 else 's'})"
+
+    def is_copy_of(self, backup: Backup | None) -> bool:
+        """A restore of that backup nobody has written to since: replacing it loses nothing the file lacks."""
+        return (
+            backup is not None and self.restored_from == backup.pk and self.counts is not None
+            and self.counts == backup.row_counts
+        )
+
+
+def _counts_or_none(cursor, quote) -> dict[str, int] | None:
+    try:
+        return _count_rows(cursor, quote)
+    except (DatabaseError, sqlite3.DatabaseError):  # not the project's schema: not a copy of a backup
+        return None
+
+
+def is_live_database(database: str, vendor: str) -> bool:
+    live = _database_name()
+    if vendor == db.POSTGRESQL:
+        return database == live
+    return Path(database).resolve() == Path(live).resolve()
+
+
+def restore_target(database: str, vendor: str) -> RestoreTarget | None:
+    """What is at `database` now (None when nothing is), for a restore of a `vendor` backup there."""
+    if vendor == db.POSTGRESQL:
+        return _pg_target(database)
+    return _sqlite_target(Path(database))
+
+
 def backup_restore(backup: Backup, *, database: str, replace: bool = False) -> dict[str, int]:
     """Restore `backup` into `database` (a new PostgreSQL database, or a SQLite file path).
 
     Verifies the file first; returns the restored row counts of the main tables.
-    Never restores over the live database.
+    Never restores over the live database. `replace` drops what is at `database`:
+    the caller decides whether it may (restore_backup asks the operator).
     """
     backup_verify(backup)
-    live = _database_name()
+    if is_live_database(database, backup.vendor):
+        raise BackupError("refusing to restore over the live database; restore into a new one")
     if backup.vendor == db.POSTGRESQL:
-        if database == live:
-            raise BackupError("refusing to restore over the live database; restore into a new one")
-        return _pg_restore(backup_path(backup), database, replace=replace)
+        counts = _pg_restore(backup_path(backup), database, replace=replace)
+        _pg_mark_restored(database, backup.pk)
+        return counts
     target = Path(database)
-    if target.resolve() == Path(live).resolve():
-        raise BackupError("refusing to restore over the live database; restore into a new file")
     if target.exists() and not replace:
         raise BackupError(f"{target} already exists (restore into a new file)")
     shutil.copyfile(backup_path(backup), target)
     os.chmod(target, 0o600)
+    _sqlite_mark_restored(target, backup.pk)
     return _sqlite_counts(target)
 
 

@@ -5,7 +5,10 @@ counters, queues and workers from Redis, dead letters and health from their
 tables: every number is the same whichever process serves the scrape, so web
 and worker processes need no shared memory. Each source is read on its own;
 one that fails is reported in checkout_scrape_errors instead of failing the
-whole scrape.
+whole scrape. A source behind a dependency that does not answer the shared
+/health/ ping (HEALTH_CHECK_TIMEOUT at most, reused for HEALTH_PING_SECONDS) is
+not read at all and is counted in checkout_scrape_skipped, so a scrape against a
+hung database answers within the timeout.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from ops.runtime import metrics as task_metrics
 from ops.maintenance import selectors
+from ops.maintenance.health import dependency_pings
 from ops.maintenance.models import HealthCheck, JobRunTally
 from ops.runtime.models import JobRun
 from ops.runtime.status import job_statuses
@@ -137,21 +141,40 @@ def _health_metrics():
     return [status, age]
 
 
+# Each source and the dependency it reads.
 SOURCES = {
-    "jobs": _job_metrics,
-    "tasks": _task_metrics,
-    "queues": _queue_metrics,
-    "dead_letters": _dead_letter_metrics,
-    "health": _health_metrics,
+    "jobs": (_job_metrics, "database"),
+    "tasks": (_task_metrics, "redis"),
+    "queues": (_queue_metrics, "redis"),
+    "dead_letters": (_dead_letter_metrics, "database"),
+    "health": (_health_metrics, "database"),
 }
 
 
 class CheckoutCollector(Collector):
     def collect(self):
+        pings = dependency_pings()
+        up = GaugeMetricFamily(
+            "checkout_dependency_up", "1 when the dependency answered the shared health ping in time",
+            labels=["dependency"],
+        )
+        for name, answer in pings.items():
+            if answer["status"] != "not_configured":
+                up.add_metric([name], 1 if answer["status"] == "ok" else 0)
+        yield up
         errors = GaugeMetricFamily(
             "checkout_scrape_errors", "1 when a source could not be read in this scrape", labels=["source"]
         )
-        for name, source in SOURCES.items():
+        skipped = GaugeMetricFamily(
+            "checkout_scrape_skipped", "1 when a source was not read because its dependency is down",
+            labels=["source"],
+        )
+        for name, (source, dependency) in SOURCES.items():
+            down = pings[dependency]["status"] == "down"
+            skipped.add_metric([name], 1 if down else 0)
+            if down:
+                errors.add_metric([name], 1)
+                continue
             try:
                 families = source()
             except Exception as exc:  # one dead source must not hide the others
@@ -161,6 +184,7 @@ class CheckoutCollector(Collector):
             errors.add_metric([name], 0)
             yield from families
         yield errors
+        yield skipped
 
 
 REGISTRY = CollectorRegistry(auto_describe=False)

@@ -1,6 +1,15 @@
-"""Operational HTTP endpoints: liveness, health, Prometheus metrics."""
-import logging
+"""Operational HTTP endpoints: liveness, health, Prometheus metrics.
 
+/metrics and the detail of /health/ are for operators: with OPS_TOKEN or
+OPS_ALLOWED_NETWORKS set, only a request bearing the token or coming from an allowed
+address gets them. The status code of /health/ (and its status word) stays public, for
+uptime monitors and load balancers.
+"""
+import hmac
+import logging
+from ipaddress import ip_address
+
+from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.utils.http import http_date
@@ -12,6 +21,26 @@ from ops.maintenance.health import health_report, report_json
 from ops.maintenance.prometheus import exposition
 
 log = logging.getLogger(__name__)
+
+
+def ops_access_granted(request) -> bool:
+    """True when the request may see operational detail: nothing configured (open), the bearer
+    token (compared in constant time) or a peer address inside OPS_ALLOWED_NETWORKS."""
+    token, networks = settings.OPS_TOKEN, settings.OPS_ALLOWED_NETWORKS
+    if not token and not networks:
+        return True
+    if token:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(offered.strip().encode(), token.encode()):
+            return True
+    if networks:
+        try:
+            peer = ip_address(request.META.get("REMOTE_ADDR", ""))
+        except ValueError:
+            return False
+        peer = getattr(peer, "ipv4_mapped", None) or peer
+        return any(peer in network for network in networks)
+    return False
 
 
 @require_GET
@@ -30,6 +59,8 @@ def health(request):
     """Readiness and dependency health; `?strict=1` answers 503 on any failure, not only critical ones."""
     try:
         code, body = health_report(strict=request.GET.get("strict") in {"1", "true", "yes"})
+        if not ops_access_granted(request):
+            body = {"status": body["status"], "timestamp": body["timestamp"]}
         content = report_json(body)
     except Exception:  # a monitor must get JSON, never a 500 page
         log.exception("health report failed")
@@ -45,4 +76,10 @@ def health(request):
 @never_cache
 @require_GET
 def metrics(request):
+    if not ops_access_granted(request):
+        if not settings.OPS_TOKEN:
+            return HttpResponse("not from an allowed address\n", status=403, content_type="text/plain")
+        response = HttpResponse("send Authorization: Bearer <OPS_TOKEN>\n", status=401, content_type="text/plain")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -21,18 +21,20 @@ def _where() -> dict:
 
 
 def run_skipped(job: str, *, trigger: str, reason: str, dry_run: bool = False, params: dict | None = None,
-                task_id: str = "") -> JobRun:
+                task_id: str = "", requested_by: str = "") -> JobRun:
     """A ledger row for a run that was not made (lock held, too late to catch up, chain stopped...)."""
     now = timezone.now()
     run = JobRun.objects.create(
         job=job, trigger=trigger, dry_run=dry_run, params=params or {}, status=JobRun.Status.SKIPPED,
-        started_at=now, finished_at=now, duration_ms=0, error=reason, task_id=task_id or "", **_where(),
+        started_at=now, finished_at=now, duration_ms=0, error=reason, task_id=task_id or "",
+        requested_by=requested_by, **_where(),
     )
     log.info("job=%s run=%s status=skipped reason=%s", job, run.pk, reason)
     return run
 
 
-def run_open(job: str, *, trigger: str, dry_run: bool, params: dict, task_id: str = "") -> JobRun:
+def run_open(job: str, *, trigger: str, dry_run: bool, params: dict, task_id: str = "",
+             requested_by: str = "") -> JobRun:
     """The row of a run starting now. Call it holding the job's lock: a row of the job still
     "running" then belongs to a process that died mid-run, and is failed first."""
     JobRun.objects.filter(job=job, status=JobRun.Status.RUNNING).update(
@@ -41,7 +43,7 @@ def run_open(job: str, *, trigger: str, dry_run: bool, params: dict, task_id: st
     now = timezone.now()
     return JobRun.objects.create(
         job=job, trigger=trigger, dry_run=dry_run, params=params, status=JobRun.Status.RUNNING,
-        started_at=now, heartbeat_at=now, task_id=task_id or "", **_where(),
+        started_at=now, heartbeat_at=now, task_id=task_id or "", requested_by=requested_by, **_where(),
     )
 
 

@@ -1,10 +1,16 @@
 """Single flight: at most one running instance of a job across processes and hosts.
 
-On PostgreSQL a job holds a session advisory lock on a connection of its own
-(in workers, one per thread kept open between runs so a run does not pay for a
-new connection); if the process dies, the server drops the connection and the lock
-with it. Elsewhere (SQLite) a row in JobLease is a lease that a heartbeat thread
-renews; a lease whose holder died simply expires.
+On PostgreSQL reached as one session per connection, a job holds a session
+advisory lock on a connection of its own (in workers, one per thread kept open
+between runs so a run does not pay for a new connection); if the process dies, the
+server drops the connection and the lock with it.
+
+Where a session cannot be relied on (SQLite; PostgreSQL behind PgBouncer in
+transaction pooling, DATABASE_POOLING=transaction) the lock is a row in JobLease:
+a lease that a thread of the holder renews every third of JOB_LOCK_LEASE, each
+statement its own transaction, times taken from the database's clock so hosts
+whose clocks disagree agree on expiry. A lease whose holder died expires by
+itself, or sooner, when the sweep fails the holder's lost run.
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ import uuid
 import zlib
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
-from django.utils import timezone
+from django.db.models.functions import Now
 
-from checkout.db import is_postgres
+from checkout.db import is_postgres, session_locks_hold, skip_commit_flush
 from ops.runtime.models import JobLease
 
 log = logging.getLogger(__name__)
@@ -159,9 +166,14 @@ class LeaseLock(JobLock):
         interval = max(self.lease.total_seconds() / 3, 0.5)
         try:
             while not self._stop.wait(interval):
-                renewed = JobLease.objects.filter(job=self.name, holder=self.holder).update(
-                    expires_at=timezone.now() + self.lease
-                )
+                try:
+                    renewed = JobLease.objects.filter(job=self.name, holder=self.holder).update(
+                        expires_at=Now() + self.lease
+                    )
+                except Exception as exc:  # the database is away for a moment: the next turn tries again
+                    log.warning("lease of job %s not renewed: %s", self.name, exc)
+                    connection.close()
+                    continue
                 if not renewed:
                     self.lost = True
                     log.error("lease of job %s was lost by %s", self.name, self.holder)
@@ -172,7 +184,17 @@ class LeaseLock(JobLock):
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        JobLease.objects.filter(job=self.name, holder=self.holder).delete()
+        with transaction.atomic():
+            _skip_flush()
+            JobLease.objects.filter(job=self.name, holder=self.holder).delete()
+
+
+def _skip_flush() -> None:
+    # Taking and freeing a lease need not wait for the WAL flush. A database crash could lose
+    # the last such commit: a lost lease is what an advisory lock suffers in the same crash
+    # (the server's sessions end), and a lost release only waits for the lease's expiry.
+    with connection.cursor() as cursor:
+        skip_commit_flush(cursor)
 
 
 def try_advisory(name: str) -> AdvisoryLock | None:
@@ -202,22 +224,26 @@ def try_advisory(name: str) -> AdvisoryLock | None:
 
 def try_lease(name: str, lease: timedelta, holder: str | None = None) -> LeaseLock | None:
     holder = holder or holder_id()
-    now = timezone.now()
     try:
         with transaction.atomic():
-            JobLease.objects.create(job=name, holder=holder, acquired_at=now, expires_at=now + lease)
+            _skip_flush()
+            JobLease.objects.create(job=name, holder=holder, acquired_at=Now(), expires_at=Now() + lease)
     except IntegrityError:
         # Take over only a lease whose holder stopped renewing it.
-        taken = JobLease.objects.filter(job=name, expires_at__lt=now).update(
-            holder=holder, acquired_at=now, expires_at=now + lease
+        taken = JobLease.objects.filter(job=name, expires_at__lt=Now()).update(
+            holder=holder, acquired_at=Now(), expires_at=Now() + lease
         )
         if not taken:
             return None
     return LeaseLock(name, holder, lease)
 
 
-def try_acquire(name: str, lease: timedelta, holder: str | None = None) -> JobLock | None:
-    """Take the job's lock without waiting; None when another run holds it."""
-    if is_postgres():
+def try_acquire(name: str, lease: timedelta | None = None, holder: str | None = None) -> JobLock | None:
+    """Take the job's lock without waiting; None when another run holds it.
+
+    `lease` (default JOB_LOCK_LEASE) is how long a lease row lasts unrenewed where
+    the lock is one; an advisory lock lasts as long as its session.
+    """
+    if session_locks_hold():
         return try_advisory(name)
-    return try_lease(name, lease, holder)
+    return try_lease(name, lease or settings.JOB_LOCK_LEASE, holder)

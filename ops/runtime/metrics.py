@@ -3,7 +3,8 @@
 Jobs are measured from the run ledger (durable, exact); background tasks, which
 can run thousands of times an hour, are counted here: totals by outcome, the sum
 of durations (a true mean), the last 1,000 durations (p95), last run and last
-success. Metrics never break a task: without Redis they are simply not kept.
+success. Metrics never break a task: without Redis they are simply not kept (an outage is
+logged once when it starts and once when it ends, not once per task).
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import time
 
 from redis.exceptions import RedisError
 
-from checkout.redis import get_redis
+from checkout.redis import RedisOutageLog, get_redis
 
 log = logging.getLogger(__name__)
+_outage = RedisOutageLog(log, "task metrics", "tasks run without their counters and redelivery counts")
 
 TASK_KEY = "metrics:task:{}"
 TASK_DURATIONS_KEY = "metrics:task:{}:durations"
@@ -42,7 +44,9 @@ def record_task(name: str, outcome: str, duration_s: float) -> None:
         pipe.ltrim(TASK_DURATIONS_KEY.format(name), 0, DURATION_SAMPLES - 1)
         pipe.execute()
     except RedisError as exc:
-        log.debug("task metrics for %s not recorded: %s", name, exc)
+        _outage.failed(exc)
+        return
+    _outage.ok()
 
 
 def _p95(values: list[float]) -> float | None:
@@ -94,8 +98,9 @@ def redelivery_count(task_id: str) -> int:
         pipe.expire(key, 7 * 86400)
         count, _ = pipe.execute()
     except RedisError as exc:
-        log.debug("redelivery of %s not counted: %s", task_id, exc)
+        _outage.failed(exc)
         return 0
+    _outage.ok()
     return int(count)
 
 
@@ -107,4 +112,6 @@ def redelivery_forget(task_id: str) -> None:
     try:
         client.delete(REDELIVERY_KEY.format(task_id))
     except RedisError as exc:
-        log.debug("redeliveries of %s not forgotten: %s", task_id, exc)
+        _outage.failed(exc)
+        return
+    _outage.ok()

@@ -14,6 +14,8 @@ class JobRun(models.Model):
         CATCH_UP = "catch_up", "catch-up"
         CONTINUATION = "continuation"
         CHAIN = "chain"
+        # Asked for from the admin by the user in `requested_by`.
+        ADMIN = "admin"
 
     class Status(models.TextChoices):
         RUNNING = "running"
@@ -37,9 +39,12 @@ class JobRun(models.Model):
     host = models.CharField(max_length=255, blank=True)
     pid = models.PositiveIntegerField(null=True, blank=True)
     task_id = models.CharField(max_length=255, blank=True)
+    # The username of who asked for the run from the admin; empty for runs the schedule or the runtime started.
+    requested_by = models.CharField(max_length=150, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [("run_job", "Can run a job now from the admin")]
         indexes = [
             models.Index(fields=["job", "-started_at"], name="jobrun_job_started_idx"),
             models.Index(fields=["started_at"], name="jobrun_started_idx"),
@@ -53,8 +58,9 @@ class JobRun(models.Model):
 class JobLease(models.Model):
     """Portable single-flight lock: a lease renewed by heartbeats, free once expired.
 
-    PostgreSQL uses session advisory locks instead (released by the server when
-    the holder's connection dies); this table is the fallback elsewhere.
+    Used on SQLite and behind PgBouncer's transaction pooling; PostgreSQL reached
+    as one session per connection uses session advisory locks instead (released by
+    the server when the holder's connection dies). See ops.runtime.locks.
     """
 
     job = models.CharField(max_length=64, primary_key=True)
@@ -92,6 +98,7 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-last_failed_at"]
+        permissions = [("requeue_deadletter", "Can requeue dead tasks")]
         indexes = [
             models.Index(fields=["state", "-last_failed_at"], name="deadletter_state_idx"),
             models.Index(fields=["task_name"], name="deadletter_task_idx"),

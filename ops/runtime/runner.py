@@ -38,6 +38,7 @@ def run_job(
     day: date | None = None,
     params: dict | None = None,
     task_id: str = "",
+    requested_by: str = "",
     on_progress: ProgressCallback | None = None,
     raise_errors: bool = False,
     enqueue_followups: bool = True,
@@ -48,14 +49,17 @@ def run_job(
     if day is not None:
         params["date"] = day.isoformat()
 
-    lock = try_acquire(job.name, lease=job.time_limit)
+    lock = try_acquire(job.name)
     if lock is None:
         return ledger.run_skipped(
             job.name, trigger=trigger, reason=ledger.LOCK_HELD, dry_run=dry_run, params=params, task_id=task_id,
+            requested_by=requested_by,
         )
 
     with lock:
-        run = ledger.run_open(job.name, trigger=trigger, dry_run=dry_run, params=params, task_id=task_id)
+        run = ledger.run_open(
+            job.name, trigger=trigger, dry_run=dry_run, params=params, task_id=task_id, requested_by=requested_by,
+        )
         ctx = JobContext(
             job=job, run=run, trigger=trigger, dry_run=dry_run, date=day, chunk=_chunk_of(params),
             on_progress=on_progress,
@@ -98,7 +102,10 @@ def run_job(
             log.exception("after-run hook %r failed for run %s of %s", hook, run.pk, job.name)
 
     if run.status == JobRun.Status.SUCCESS and not dry_run and enqueue_followups:
-        _enqueue_followups(job, ctx)
+        try:
+            _enqueue_followups(job, ctx)
+        except Exception as exc:  # the broker is down: the run stands, its follow-ups wait for their next turn
+            log.warning("job=%s run=%s: follow-ups not queued: %s", job.name, run.pk, exc)
 
     if error is not None and raise_errors:
         raise error

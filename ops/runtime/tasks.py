@@ -55,8 +55,9 @@ def backoff_countdown(retries: int, base: float = 2.0, cap: float = 30.0, rng=ra
     return rng.uniform(0, ceiling)
 
 
-def _note_failure(task, exc: BaseException, *, final: bool) -> None:
-    """Upsert the task's dead-letter row: retrying while attempts remain, dead after."""
+def _note_failure(task, exc: BaseException, *, final: bool) -> bool:
+    """Upsert the task's dead-letter row: retrying while attempts remain, dead after; False when the
+    row could not be written (the database is what failed, most often)."""
     request = task.request
     now = timezone.now()
     attempts = request.retries + 1
@@ -72,6 +73,7 @@ def _note_failure(task, exc: BaseException, *, final: bool) -> None:
         "last_failed_at": now,
     }
     task_id = request.id or f"local-{time.time_ns()}"
+    recorded = True
     try:
         with transaction.atomic():
             updated = DeadLetter.objects.filter(task_id=task_id).update(**fields)
@@ -79,11 +81,14 @@ def _note_failure(task, exc: BaseException, *, final: bool) -> None:
                 DeadLetter.objects.create(task_id=task_id, first_failed_at=now, **fields)
     except Exception:  # the database may be what failed; the log line still tells
         log.exception("could not record failure of task %s %s", task.name, task_id)
+        recorded = False
     log.log(
         logging.ERROR if final else logging.WARNING,
         "task=%s id=%s attempt=%s %s: %s", task.name, task_id, attempts,
-        "dead" if final else "will retry", fields["error"],
+        "will retry" if not final else "dead" if recorded else "dead but not recorded, will retry",
+        fields["error"],
     )
+    return recorded
 
 
 def _note_recovered(task) -> None:
@@ -93,12 +98,20 @@ def _note_recovered(task) -> None:
         ).update(state=DeadLetter.State.RECOVERED, resolved_at=timezone.now())
 
 
+def _bury(task, exc: BaseException, *, base: float, cap: float) -> None:
+    """Make the task a dead letter. When its row cannot be written (the database is down), the task
+    is retried instead, past its retries: acknowledged with no row, it would be lost without a trace."""
+    if not _note_failure(task, exc, final=True):
+        countdown = backoff_countdown(task.request.retries, base, cap)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=task.request.retries + 1)
+
+
 def _retry_or_bury(task, exc: BaseException, *, base: float, cap: float, retryable: bool):
     if retryable and task.request.retries < task.max_retries:
         _note_failure(task, exc, final=False)
         countdown = backoff_countdown(task.request.retries, base, cap)
         raise task.retry(exc=exc, countdown=countdown)
-    _note_failure(task, exc, final=True)
+    _bury(task, exc, base=base, cap=cap)
     raise exc
 
 
@@ -137,8 +150,8 @@ def background_task(
             redelivered = bool((self.request.delivery_info or {}).get("redelivered")) and bool(self.request.id)
             if redelivered and metrics.redelivery_count(self.request.id) >= MAX_LOST_DELIVERIES:
                 # Poison: the broker keeps giving this message back because its worker dies on it.
-                _note_failure(self, RuntimeError(
-                    f"its worker died {MAX_LOST_DELIVERIES} times running it (poison task)"), final=True)
+                _bury(self, RuntimeError(f"its worker died {MAX_LOST_DELIVERIES} times running it (poison task)"),
+                      base=backoff_base, cap=backoff_cap)
                 metrics.redelivery_forget(self.request.id)
                 raise Ignore()
             started = time.monotonic()
@@ -181,20 +194,24 @@ def register_job_task(job: Job) -> None:
         )
 
     def run(self, trigger: str = JobRun.Trigger.BEAT, dry_run: bool = False,
-            date: str | None = None, params: dict | None = None):
+            date: str | None = None, params: dict | None = None, requested_by: str = ""):
         if self.request.retries:
             trigger = JobRun.Trigger.RETRY
-        redelivered = (self.request.delivery_info or {}).get("redelivered")
-        if redelivered and self.request.id and _lost_deliveries(self.request.id) >= MAX_LOST_DELIVERIES:
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered")) and bool(self.request.id)
+        try:
+            lost = _lost_deliveries(self.request.id) if redelivered else 0
+        except Exception as exc:  # the count needs the database: without it the run is retried, not dropped
+            _retry_or_bury(self, exc, base=job.backoff_base, cap=job.backoff_cap, retryable=True)
+        if lost >= MAX_LOST_DELIVERIES:
             # Poison: every delivery of this message killed its worker. Stop here, say why.
             exc = RuntimeError(f"its worker died {MAX_LOST_DELIVERIES} times running it (poison task)")
-            _note_failure(self, exc, final=True)
+            _bury(self, exc, base=job.backoff_base, cap=job.backoff_cap)
             raise Ignore()
         day = _parse_day(date)
         try:
             ledger = run_job(
                 job.name, trigger=trigger, dry_run=dry_run, day=day, params=params,
-                task_id=self.request.id or "", raise_errors=True,
+                task_id=self.request.id or "", requested_by=requested_by, raise_errors=True,
             )
         except Exception as exc:
             retryable = not isinstance(exc, JobError) or exc.retryable
@@ -205,8 +222,10 @@ def register_job_task(job: Job) -> None:
     run.__name__ = f"job_{job.name}"
     run.__doc__ = job.description
     TASK_QUEUES[job.task_name] = job.queue
+    # A JobError is the whole story (a bad parameter, a missing credential): the worker logs it in one
+    # line, with no traceback.
     app.task(
-        run, name=job.task_name, bind=True, acks_late=True,
+        run, name=job.task_name, bind=True, acks_late=True, throws=(JobError,),
         max_retries=job.max_retries, time_limit=limit + 60, soft_time_limit=limit,
     )
 

@@ -5,5 +5,6 @@
 - settle: the settle loop (claim, ask the gateway, apply) behind payment_sync and order_cleanup
 - capture: capturing an authorized payment, or releasing it
 - order_cleanup: settling and closing orders past their TTL
+- refunds: refunds of captured payments, recorded before the gateway is asked and re-driven until done
 - reports: the payment report of each sync period
 """

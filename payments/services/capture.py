@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from payments import gateway
 from payments.models import Payment
-from payments.services.claims import payment_claim, payment_release
+from payments.services.claims import PaymentBusy, payment_claim, payment_release
 from payments.services.state import (
     AUTHORIZED,
     CAPTURE_REFUSED,
@@ -32,10 +32,16 @@ def payment_settle_authorized(*, payment_id: int) -> str:
 
     Fetches before acting, so a capture whose answer was lost is seen as captured and
     never repeated; an "already captured" rejection is read the same way. Gateway
-    outages raise (the payment_retry task retries them with backoff).
+    outages, and a payment another worker holds, raise (the payment_retry task retries
+    them with backoff).
     """
     token = payment_claim(payment_id=payment_id, statuses=(AUTHORIZED,))
     if token is None:
+        if Payment.objects.filter(pk=payment_id, status=AUTHORIZED).exists():
+            # Still to capture, but held (by a sync or order_cleanup that took it before this chain was
+            # asked for): the chain is the payment's only one, so it comes back later rather than end
+            # with nobody to capture.
+            raise PaymentBusy(f"payment {payment_id} is claimed by another worker")
         return "skipped"
     try:
         payment = Payment.objects.select_related("order").get(pk=payment_id)

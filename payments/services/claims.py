@@ -20,6 +20,10 @@ from payments.models import Payment
 CLAIM_LEASE = timedelta(minutes=5)
 
 
+class PaymentBusy(Exception):
+    """Another worker holds the payment's claim now; the work is still to do, later."""
+
+
 def _unclaimed(now: datetime) -> Q:
     return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
 

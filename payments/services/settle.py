@@ -28,6 +28,7 @@ from payments.services.state import (
     AMOUNT_FIELDS,
     UNSETTLED,
     GatewayPayment,
+    capture_in_flight,
     payment_apply_observations,
     pick_attempt,
     plan,
@@ -144,10 +145,11 @@ def payment_sync_pending(
 ) -> Counter:
     """Reconcile payments left created/authorized longer than PAYMENT_SYNC_AFTER with Razorpay."""
     now = now or timezone.now()
-    # A payment flagged as a mismatch waits for a human, not for the next sync.
+    # A payment flagged as a mismatch waits for a human, not for the next sync; one whose capture chain
+    # may still run is the chain's (it fetches before acting): claiming it would only make the chain wait.
     pending = Payment.objects.filter(
         status__in=UNSETTLED, updated_at__lt=now - settings.PAYMENT_SYNC_AFTER, mismatch=""
-    )
+    ).exclude(capture_in_flight(now))
 
     def apply(observations: list[Observation], counts: Counter, token: datetime | None) -> None:
         if dry_run:

@@ -13,16 +13,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from functools import reduce
+from operator import or_
 from typing import Iterable, Sequence
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import CharField, Exists, OuterRef, Q, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from checkout.timezones import local_date
 from ops.runtime.bulk import update_by_pk
+from ops.runtime.models import OutboxEvent
 from ops.runtime.outbox import outbox_add_many
 from orders.models import Order, OrderStatus
+from orders.services import orders_refunded
 from payments.models import Payment, PaymentStatus
 
 log = logging.getLogger("payments.services")
@@ -141,6 +147,10 @@ def plan(row: dict, gp: GatewayPayment | None) -> str:
         return ""
     if mismatch(row, gp):
         return "mismatch" if not row.get("mismatch") else ""
+    if row.get("mismatch") and gp.status == FAILED:
+        # Flagged, so the gateway showed this payment authorized or captured, which never fails after:
+        # the failure is a stale event, and failing the row would hide money taken from the person.
+        return ""
     if gp.status == row["status"]:
         if gp.status == CAPTURED and gp.amount_refunded > row["refunded_paise"]:
             return "refund_progress"
@@ -159,8 +169,26 @@ def plan(row: dict, gp: GatewayPayment | None) -> str:
 _LOCK_FIELDS = ("pk", "status", "order_id", "razorpay_payment_id", "refunded_paise", "mismatch", "error_code",
                 *AMOUNT_FIELDS)
 # A payment still authorized at a sync is asked again for its capture at most once per this
-# period: longer than the capture task's retries last, so one capture chain runs at a time.
+# period, and never sooner than this after its last ask (its authorization's own included):
+# longer than the capture task's retries last, so one capture chain runs at a time.
 CAPTURE_ASK_EVERY = 3600
+
+
+def capture_in_flight(now: datetime) -> Q:
+    """Payments authorized whose capture was asked for less than CAPTURE_ASK_EVERY ago (by the event of
+    their authorization, or an ask since): their capture chain may still be retrying, and it settles them.
+
+    A period key alone lets a second chain start beside a running one: at the turn of a period, or when
+    a sync finds authorized again a payment whose first chain is still in its backoff.
+    """
+    period = int(now.timestamp()) // CAPTURE_ASK_EVERY
+    pk = Cast(OuterRef("pk"), CharField())
+    keys = [Concat(Value("payment.authorized:"), pk, Value(":"), OuterRef("razorpay_payment_id"),
+                   output_field=CharField())]
+    keys += [Concat(Value("payment.capture_ask:"), pk, Value(f":{p}"), output_field=CharField())
+             for p in (period - 1, period)]
+    recent = OutboxEvent.objects.filter(created_at__gt=now - timedelta(seconds=CAPTURE_ASK_EVERY))
+    return Q(status=AUTHORIZED) & reduce(or_, (Q(Exists(recent.filter(key=key))) for key in keys))
 
 
 def payment_apply_observations(
@@ -207,13 +235,16 @@ def payment_apply_observations(
         _apply_refund_progress(groups.get("refund_progress", {}), rows, now, applied)
 
         if request_capture and still_authorized:
-            # Asked again until the capture task settles it; the key lets one ask per period through.
+            # Asked again until the capture task settles it, but not while its last chain may still
+            # be retrying; the key lets one ask per period through.
+            asks = sorted(set(still_authorized) - set(
+                Payment.objects.filter(capture_in_flight(now), pk__in=still_authorized).values_list("pk", flat=True)
+            ))
             period = int(now.timestamp()) // CAPTURE_ASK_EVERY
             outbox_add_many(
-                ("payment.authorized", {"payment_id": pk}, f"payment.capture_ask:{pk}:{period}")
-                for pk in sorted(still_authorized)
+                ("payment.authorized", {"payment_id": pk}, f"payment.capture_ask:{pk}:{period}") for pk in asks
             )
-            applied.counts["capture_requested"] += len(still_authorized)
+            applied.counts["capture_requested"] += len(asks)
     return applied
 
 
@@ -286,6 +317,11 @@ def _apply_failed(group, rows, now, applied: Applied) -> None:
          "error_description": {pk: gp.error_description for pk, gp in group.items()}},
         status=FAILED, updated_at=now,
     )
+    # The order's own record of it, in this transaction: the orders app tells the customer once from
+    # it (and re-drives that until done), unless another attempt pays the order first.
+    Order.objects.filter(pk__in={rows[pk]["order_id"] for pk in group}, status=OrderStatus.PENDING).update(
+        payment_failed_at=now
+    )
     events = [
         ("payment.failed", {"payment_id": pk, "order_id": rows[pk]["order_id"]},
          f"payment.failed:{pk}:{group[pk].id}")
@@ -318,9 +354,13 @@ def _apply_refunded(group, rows, now, applied: Applied) -> None:
     applied.counts["refunded"] += len(group)
     refunded_orders = [rows[pk]["order_id"] for pk, gp in group.items() if rows[pk]["status"] == CAPTURED]
     if refunded_orders:
-        applied.counts["orders_refunded"] += Order.objects.filter(
-            pk__in=refunded_orders, status=OrderStatus.PAID
-        ).update(status=OrderStatus.REFUNDED, refunded_at=now, updated_at=now)
+        # A second payment taken for an order (refunded as a duplicate) leaves it paid by the one still captured.
+        still_paid = set(Payment.objects.filter(order_id__in=refunded_orders, status=CAPTURED)
+                         .values_list("order_id", flat=True))
+        refunded_orders = [order_id for order_id in refunded_orders if order_id not in still_paid]
+    if refunded_orders:
+        # Enrollments revoked and the customer's email queued with it (orders_refunded).
+        applied.counts["orders_refunded"] += len(orders_refunded(order_ids=refunded_orders, now=now))
 
 
 def _apply_refund_progress(group, rows, now, applied: Applied) -> None:

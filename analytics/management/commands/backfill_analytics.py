@@ -7,9 +7,10 @@ Exit 0 done, 1 failed, 2 bad arguments, 3 another run of daily_analytics holds i
 import sys
 from datetime import date, timedelta
 
-from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from checkout import commands
+from checkout.commands import UsageError
 from ops.runtime.models import JobRun
 from checkout.timezones import local_today
 from ops.runtime.runner import run_job
@@ -21,10 +22,10 @@ def _day(value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise CommandError(f"not a date (YYYY-MM-DD): {value!r}", returncode=2) from None
+        raise UsageError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = "Build (or rebuild) the daily analytics reports of the local days FROM..TO, both included."
 
     def add_arguments(self, parser):
@@ -35,11 +36,10 @@ class Command(BaseCommand):
     def handle(self, *args, first: str, last: str, dry_run: bool, **options):
         start, end = _day(first), _day(last)
         if end < start:
-            raise CommandError(f"--from {start} is after --to {end}", returncode=2)
+            raise UsageError(f"--from {start} is after --to {end}")
         if end >= local_today():
-            raise CommandError(
-                f"--to {end} is not over yet; the last complete local day is {local_today() - timedelta(days=1)}",
-                returncode=2,
+            raise UsageError(
+                f"--to {end} is not over yet; the last complete local day is {local_today() - timedelta(days=1)}"
             )
         total = (end - start).days + 1
         with tqdm(total=total, unit="day", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:

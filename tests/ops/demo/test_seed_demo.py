@@ -1,8 +1,10 @@
-"""seed_demo: sizes, every status, the schema's invariants, determinism, the cart cache, bad input."""
+"""seed_demo: sizes, every status, the schema's invariants, determinism, the cart cache, bad input, and
+--reset: at once on a demo database, elsewhere only with the database's name typed, saying first what goes."""
 import json
 import re
 import subprocess
 import sys
+from io import StringIO
 from collections import Counter
 from datetime import datetime, timedelta, timezone as dt_timezone
 
@@ -11,10 +13,12 @@ import time_machine
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.db.models import Count, F, Q
 
 from carts.models import Cart
 from ops.demo.data import SeedPlan, demo_data_reset, demo_data_seed
+from ops.demo.data.database import _mark
 from checkout.timezones import local_zone
 from orders.models import Enrollment, Internship, Order
 from payments.models import Payment
@@ -217,3 +221,68 @@ def test_negative_carts_on_the_command_line_is_one_line_and_exit_2(process_env):
     assert done.stderr.strip().count("\n") == 0
     assert "--carts must be between 0" in done.stderr
     assert done.stdout == ""
+
+
+SMALL = SeedPlan(carts=300, orders=60, seed=3, days=10, internships=4)
+
+
+def _reset(**options):
+    out = StringIO()
+    call_command("seed_demo", reset=True, carts=0, orders=0, internships=1, stdout=out, **options)
+    return out.getvalue()
+
+
+def test_reset_refuses_a_database_the_demo_did_not_make_and_says_what_it_would_delete(frozen):
+    # given data in a database with no demo marker
+    demo_data_seed(plan=SMALL, warm_cache=False)
+    orders, payments = Order.objects.count(), Payment.objects.count()
+    database = connection.settings_dict["NAME"]
+
+    # when
+    with pytest.raises(CommandError) as refused:
+        _reset()
+
+    # then one line names every table it would empty, with its rows, and nothing is deleted
+    message = str(refused.value)
+    print(message)
+    assert refused.value.returncode == 2 and "\n" not in message
+    assert message.startswith("--reset would delete ")
+    for table, rows in (("order", orders), ("payment", payments), ("cart", 300), ("internship", 4)):
+        assert re.search(rf"\b{rows} {table}\b", message), table
+    assert message.endswith(f"to do it anyway add --yes-destroy {database}")
+    assert (Order.objects.count(), Payment.objects.count(), Cart.objects.count()) == (orders, payments, 300)
+
+    # and a wrong name is refused too
+    with pytest.raises(CommandError, match="is not the name of the database"):
+        _reset(yes_destroy=database + "_other")
+    assert Order.objects.count() == orders
+
+
+def test_reset_with_the_database_name_typed_says_what_goes_and_deletes_it(frozen):
+    # given
+    demo_data_seed(plan=SMALL, warm_cache=False)
+    orders = Order.objects.count()
+
+    # when
+    out = _reset(yes_destroy=connection.settings_dict["NAME"])
+
+    # then it said what it was deleting, then deleted it
+    deleting, removed = out.splitlines()[:2]
+    assert deleting.startswith("reset: deleting ") and f"{orders} order," in deleting
+    assert removed.startswith("reset: removed ") and f"{orders} order," in removed
+    assert not Order.objects.exists() and not Cart.objects.exists() and Internship.objects.count() == 1
+
+
+def test_reset_of_a_demo_database_or_of_an_empty_one_needs_no_name(frozen):
+    # given nothing to delete: no refusal
+    _reset()
+
+    # given data in a database the demo marked (the test's transaction takes the marker away again)
+    demo_data_seed(plan=SMALL, warm_cache=False)
+    _mark()
+
+    # when
+    _reset()
+
+    # then
+    assert not Order.objects.exists() and not Cart.objects.exists()

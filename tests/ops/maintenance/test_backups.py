@@ -1,8 +1,10 @@
-"""db_backup: verified files, restore into a scratch database, corruption, retention, the restore path."""
+"""db_backup: verified files, restore into a scratch database, corruption, retention, the restore path,
+and what `restore_backup --replace` may drop: its own untouched copy, anything else only with its name typed."""
 import hashlib
 import os
 import stat
 from datetime import datetime, timedelta
+from io import StringIO
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -80,6 +82,86 @@ def test_restore_backup_command_restores_into_a_new_database(backup_dir, capsys)
         assert "carts.Cart" in out
     finally:
         drop_database(target)
+
+
+@pytest.fixture
+def restore_target_name():
+    """A database name for restores, dropped after the test whatever it holds."""
+    name = connection.settings_dict["NAME"] + "_target"
+    drop_database(name)
+    yield name
+    drop_database(name)
+
+
+def restore(backup, database, **options) -> str:
+    out = StringIO()
+    call_command("restore_backup", str(backup.pk), "--database", database, stdout=out, **options)
+    return out.getvalue()
+
+
+def sql_in(database: str, sql: str):
+    conn = backups._pg_connect_to(database)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchone() if cursor.description else None
+    finally:
+        conn.commit()
+        conn.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replace_refuses_a_database_restore_did_not_make_until_its_name_is_typed(backup_dir, restore_target_name):
+    # given a database someone else made, holding a row
+    seed_checkout()
+    backup = backups.backup_create()
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(restore_target_name)}")
+    sql_in(restore_target_name, "CREATE TABLE precious (id int); INSERT INTO precious VALUES (1)")
+
+    # when --replace is asked without the name
+    with pytest.raises(CommandError) as refused:
+        restore(backup, restore_target_name, replace=True)
+
+    # then one line names the database and its size, and it is left as it was
+    message = str(refused.value)
+    print(message)
+    assert refused.value.returncode == 2 and "\n" not in message
+    assert message.startswith(f"--replace would drop database {restore_target_name!r} (")
+    assert " MB, 1 table)" in message and "restore_backup did not make it" in message
+    assert message.endswith(f"to do it anyway add --yes-destroy {restore_target_name}")
+    assert sql_in(restore_target_name, "SELECT count(*) FROM precious") == (1,)
+
+    # when the name is typed
+    out = restore(backup, restore_target_name, replace=True, yes_destroy=restore_target_name)
+
+    # then it said what it dropped, and the backup is there instead
+    assert out.startswith(f"dropping database {restore_target_name!r} (") and "row counts match" in out
+    assert sql_in(restore_target_name, "SELECT to_regclass('precious')") == (None,)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replace_takes_its_own_untouched_copy_but_not_one_written_to_since(backup_dir, restore_target_name):
+    # given a copy restore_backup made of a backup
+    seed_checkout()
+    backup = backups.backup_create()
+    restore(backup, restore_target_name)
+
+    # when it is replaced by the same backup
+    out = restore(backup, restore_target_name, replace=True)
+
+    # then no name is needed: the backup holds all it held
+    assert out.startswith(f"replacing database {restore_target_name!r} (")
+    assert "restored from backup" in out and "unchanged since" in out
+
+    # given the copy is then written to
+    sql_in(restore_target_name, "DELETE FROM orders_enrollment WHERE id = (SELECT min(id) FROM orders_enrollment)")
+
+    # then replacing it needs its name again
+    with pytest.raises(CommandError) as refused:
+        restore(backup, restore_target_name, replace=True)
+    assert refused.value.returncode == 2
+    assert f"it was restored from backup {backup.pk} and has been written to since" in str(refused.value)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -82,6 +82,7 @@ def test_503_when_redis_is_unreachable(client, dead_redis):
     assert body["services"]["redis"] == {"status": "down", "error": "ConnectionError",
                                          "latency_ms": body["services"]["redis"]["latency_ms"]}
     assert body["services"]["database"]["status"] == "ok"
+    assert body["problems"][0] == "redis"
     assert body["background_jobs"]["queues"] is None
     assert_no_secrets(response.content.decode())
 
@@ -109,10 +110,32 @@ def test_503_when_the_database_is_unreachable(client, redis_client):
     assert body["services"]["database"]["error"] == "OperationalError"
     assert body["services"]["redis"]["status"] == "ok"
     assert body["cron_jobs"] is None
+    # what is down is named once; the stored results it hides are unknown, not problems of their own
+    assert body["problems"] == ["database"]
+    assert body["services"]["payment_gateway"] == {"status": "unknown", "reason": "database down"}
     assert_no_secrets(response.content.decode())
     # /metrics still answers, naming the sources it could not read
     assert metrics.status_code == 200
     assert 'checkout_scrape_errors{source="jobs"} 1.0' in metrics.content.decode()
+    assert 'checkout_scrape_skipped{source="jobs"} 1.0' in metrics.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_broker_of_its_own_is_pinged_and_named_when_down(client, redis_client, smtp_server, settings):
+    # given every dependency up but a broker on a Redis of its own, where nothing answers
+    all_dependencies_up()
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{free_port()}/0"
+
+    # when
+    response = client.get("/health/")
+
+    # then
+    assert response.status_code == 503
+    body = response.json()
+    assert body["services"]["broker"]["status"] == "down"
+    assert body["services"]["redis"]["status"] == "ok"
+    assert body["problems"] == ["broker"]
+    assert_no_secrets(response.content.decode())
 
 
 @pytest.mark.django_db
@@ -168,29 +191,6 @@ def test_liveness_touches_no_dependency(client, dead_redis):
     response = client.get("/health/live/")
     assert response.status_code == 200
     assert response.json()["status"] == "alive"
-
-
-def test_pings_are_reused_within_their_window_down_results_included(settings):
-    from ops.maintenance import health
-
-    calls = []
-
-    def ping():
-        calls.append(1)
-        return {"status": "down", "error": "OperationalError"}
-
-    # given a one-minute window: a burst of probes pings once, and a down answer is kept too
-    settings.HEALTH_PING_SECONDS = 60
-    first = health._pinged(("database", "h", "1", "db"), ping)
-    second = health._pinged(("database", "h", "1", "db"), ping)
-    assert first == second == {"status": "down", "error": "OperationalError"} and len(calls) == 1
-    # another target has its own answer
-    health._pinged(("database", "h", "2", "db"), ping)
-    assert len(calls) == 2
-    # with no window, every request pings
-    settings.HEALTH_PING_SECONDS = 0
-    health._pinged(("database", "h", "1", "db"), ping)
-    assert len(calls) == 3
 
 
 def test_report_json_is_the_body_and_encodes_cron_jobs_once_per_object(monkeypatch):

@@ -1,16 +1,11 @@
 """The admin as production serves it: gunicorn, DEBUG off, static files collected and served by WhiteNoise."""
 import re
-import secrets
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
 
 from tests.browser import admin_login, chromium
-from tests.conftest import ROOT
-from tests.ops.maintenance.conftest import free_port
+from tests.served import gunicorn, production_env, set_production_password
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -18,39 +13,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 @pytest.fixture
 def served(process_env, tmp_path):
     """gunicorn on a free port with production-like settings; its base URL."""
-    env = {
-        **process_env,
-        "DEBUG": "false",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "STATIC_ROOT": str(tmp_path / "static"),
-        "ALLOWED_HOSTS": "127.0.0.1",
-    }
-    collected = subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert collected.returncode == 0, collected.stderr
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "checkout.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/health/live/", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-        assert time.monotonic() < deadline, "gunicorn did not answer within 30 s"
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    env = production_env(process_env, tmp_path)
+    with gunicorn(env, tmp_path / "gunicorn.log", "-w", "1") as base:
+        yield base
 
 
 @pytest.mark.django_db(transaction=True)
@@ -75,10 +40,12 @@ def test_static_files_are_hashed_compressed_and_cached_for_ever(served):
 def test_the_admin_is_styled_in_a_real_browser(served, django_user_model, tmp_path):
     from selenium.webdriver.common.by import By
 
-    django_user_model.objects.create_superuser("ops", "ops@example.com", "a-long-password-1")
+    set_production_password(django_user_model.objects.create_superuser("ops", "ops@example.com"),
+                            "a-long-password-1")
     with chromium(tmp_path) as browser:
         admin_login(browser, served, "ops", "a-long-password-1")
         browser.get(f"{served}/admin/")
+        browser.find_element(By.ID, "user-tools")  # logged in: the admin index, not the login page
         assert browser.find_element(By.ID, "site-name")
         header = browser.find_element(By.ID, "header")
         # Unstyled, the header is transparent and the body uses the browser's serif default.

@@ -20,6 +20,7 @@ from ops.runtime.models import JobRun
 from ops.runtime.registry import get_job
 from ops.runtime.runner import run_job
 from ops.runtime.dispatch import enqueue_job
+from tests.brokers import BROKERS
 from tests.conftest import ROOT, wait_for
 from tests.ops.jobs_for_tests import blpop_patiently
 
@@ -35,6 +36,7 @@ def runjob(env, *args, **kwargs):
     )
 
 
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_second_process_is_skipped_while_a_worker_holds_the_job(
     celery_worker_factory, celery_live, process_env, redis_client
 ):
@@ -102,8 +104,9 @@ def start_beat(env, tmp_path):
     return proc, log, log_path
 
 
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_real_beat_fires_schedules_into_the_ledger_and_results_and_sees_admin_edits(
-    celery_worker_factory, process_env, tmp_path
+    celery_worker_factory, broker, process_env, tmp_path
 ):
     # given a crontab row that is overdue, and a row an operator has not enabled yet
     overdue = PeriodicTask.objects.create(

@@ -5,10 +5,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
-from checkout.celery import app
+from checkout.celery import QUEUES, app
 from ops.runtime.models import DeadLetter, JobRun
-from ops.runtime.dispatch import enqueue_job, job_task
+from ops.runtime.dispatch import enqueue_job, job_task, requeue_dead_letter
 from ops.runtime.tasks import backoff_countdown
+from tests.brokers import BROKERS
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -125,3 +127,50 @@ def test_dead_letter_is_requeued_from_the_admin_action(client, tmp_path):
     assert letter.state == DeadLetter.State.REQUEUED and letter.requeued_task_id
     rerun = JobRun.objects.get(task_id=letter.requeued_task_id)
     assert rerun.status == JobRun.Status.SUCCESS and rerun.trigger == JobRun.Trigger.RETRY
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
+def test_retries_wait_in_the_broker_and_a_dead_letter_is_requeued_through_it(
+    celery_worker_factory, celery_live, broker, tmp_path
+):
+    # given a task sent with a countdown under a second, before any worker runs
+    soon = app.tasks["ops_test.flaky"].apply_async(kwargs={"kind": "permanent"}, countdown=0.4)
+    # and a real worker
+    celery_worker_factory(queues="default", concurrency=1)
+
+    # when a job fails every time
+    crashing = enqueue_job("ops_test_job", params={"crash": "gateway down"})
+
+    # then the job is retried twice, each retry waiting out its countdown in the broker, then buried
+    dead = wait_for(lambda: DeadLetter.objects.filter(task_id=crashing, state=DeadLetter.State.DEAD).first(),
+                    timeout=40, what="the failing job's dead letter")
+    runs = list(JobRun.objects.filter(job="ops_test_job", task_id=crashing).order_by("started_at"))
+    assert [r.trigger for r in runs] == ["manual", "retry", "retry"]
+    assert {r.status for r in runs} == {JobRun.Status.FAILED} and dead.attempts == 3
+    waits = [(b.started_at - a.finished_at).total_seconds() for a, b in zip(runs, runs[1:])]
+    # and the delayed task ran (its dead letter says it failed once, as it always does)
+    delayed = wait_for(lambda: DeadLetter.objects.filter(task_id=soon.id).first(), what="the delayed task")
+    assert delayed.state == DeadLetter.State.DEAD and delayed.attempts == 1
+
+    # when a job buried for a missing file is requeued once the file is there
+    flag = tmp_path / "ready"
+    missing = enqueue_job("ops_test_job", params={"fail_unless_file": str(flag)})
+    letter = wait_for(lambda: DeadLetter.objects.filter(task_id=missing, state=DeadLetter.State.DEAD).first(),
+                      what="the missing file's dead letter")
+    flag.touch()
+    requeued = requeue_dead_letter(letter, requested_by="ops")
+
+    # then the worker runs it again, to success
+    rerun = wait_for(lambda: JobRun.objects.filter(task_id=requeued, status=JobRun.Status.SUCCESS).first(),
+                     what="the requeued run")
+    print(f"\n{broker.name}: retries waited {', '.join(f'{w:.1f}' for w in waits)} s "
+          f"(ceilings 2 and 4 s); requeued dead letter ran as {rerun.trigger}")
+    assert rerun.trigger == JobRun.Trigger.RETRY and rerun.requested_by == "ops"
+    if broker.name == "rabbitmq":
+        # and the work queues are durable quorum queues, whose countdowns wait in the broker's delay queues
+        kinds = broker.queue_kinds()
+        assert {name: kinds[name] for name in QUEUES} == {name: ("quorum", True) for name in QUEUES}
+        assert kinds["celery_delayed_0"] == ("quorum", True)

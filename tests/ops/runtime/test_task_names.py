@@ -27,6 +27,7 @@ TASK_NAMES = {
     "email_send",
     "enrollment_create",
     "notification_send",
+    "payment_failure_notify",
     "payment_retry",
     "webhook_event_process",
     # the runtime's own

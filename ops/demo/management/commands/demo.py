@@ -3,21 +3,36 @@
 Migrates, syncs the schedules, seeds a small data set, starts the local fake Razorpay,
 runs every job once, prints what each did, and serves the admin. Needs neither
 PostgreSQL nor Redis: on the default settings it runs on SQLite with tasks in-process.
+
+It runs only on the demo's own databases (ops/demo/data/database.py): the project's
+SQLite file, or a database that was empty when the demo first ran there. Anything else
+is refused with one line, before anything is written; an existing user is never changed.
 """
 import logging
 import secrets
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.management import call_command, get_commands
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+from django.db import DatabaseError
 
 from carts.models import Cart
-from ops.demo.data import SeedPlan, demo_data_seed, fake_gateway_populate
-from ops.demo.management.commands._cli import one_line_errors
+from checkout import commands
+from checkout.commands import UsageError
+from ops.demo.data import (
+    DEMO_ADMIN_USERNAME,
+    NotADemoDatabase,
+    SeedPlan,
+    demo_admin_ensure,
+    demo_data_seed,
+    demo_database_claim,
+    fake_gateway_populate,
+)
+from ops.demo.mail_sink import MailSink
 from ops.runtime.models import JobRun
 from ops.runtime.registry import all_jobs
 from checkout.timezones import local_today
@@ -34,7 +49,6 @@ JOB_ORDER = (
     "db_cleanup", "db_backup", "db_optimize", "db_monitor",
 )
 FIRST_DB_JOB = "db_cleanup"
-ADMIN_USERNAME = "admin"
 
 
 def job_order(names) -> list[str]:
@@ -45,15 +59,14 @@ def job_order(names) -> list[str]:
     return known[:cut] + unknown + known[cut:]
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = (
         "Migrate, sync schedules, seed demo data, run every job once with the local fake Razorpay, "
-        "print a summary, create a demo admin user and serve the admin on 127.0.0.1."
+        "print a summary, create a demo admin user if there is none and serve the admin on 127.0.0.1. "
+        "Runs only on the demo's own database: the default SQLite file, or a database that is empty "
+        "the first time (it is then marked as the demo's)."
     )
     requires_migrations_checks = False
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        return one_line_errors(super().create_parser(prog_name, subcommand, **kwargs), subcommand)
 
     def add_arguments(self, parser):
         parser.add_argument("--no-serve", action="store_true", help="stop after the summary")
@@ -61,7 +74,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, no_serve: bool, port: int, **options):
         if not 1 <= port <= 65535:
-            raise CommandError(f"--port must be between 1 and 65535, got {port}", returncode=2)
+            raise UsageError(f"--port must be between 1 and 65535, got {port}")
+        try:
+            demo_database_claim()
+        except NotADemoDatabase as exc:
+            raise UsageError(
+                f"refusing to run: {exc}; the demo runs on its own SQLite file (leave DATABASE_URL unset) "
+                "or on a new, empty database"
+            ) from None
+        except DatabaseError as exc:
+            raise CommandError(f"cannot use the database: {commands.one_line(exc)}") from None
         if options["verbosity"] < 2:
             # The summary says what each job did; the per-task log lines are for -v 2.
             logging.getLogger().setLevel(logging.WARNING)
@@ -71,16 +93,22 @@ class Command(BaseCommand):
             self._step("sync schedules")
             call_command("sync_schedules", stdout=self.stdout, stderr=self.stderr)
         self._seed()
-        self._route_mail()
+        sink = self._route_mail()
         fake = self._start_fake_gateway()
         try:
             rows = self._run_jobs()
             self._summary(rows)
-            password = self._admin_user()
-            self.stdout.write(
-                f"\nDemo admin (demo only, never in production): user {ADMIN_USERNAME!r}, "
-                f"password {password!r}"
-            )
+            password = demo_admin_ensure()
+            if password is None:
+                self.stdout.write(
+                    f"\nDemo admin: user {DEMO_ADMIN_USERNAME!r} already exists and is left as it is "
+                    f"(`manage.py changepassword {DEMO_ADMIN_USERNAME}` sets a new password)"
+                )
+            else:
+                self.stdout.write(
+                    f"\nDemo admin (demo only, never in production): user {DEMO_ADMIN_USERNAME!r}, "
+                    f"password {password!r}"
+                )
             if no_serve:
                 return
             self.stdout.write(f"Admin: http://127.0.0.1:{port}/admin/  (Ctrl-C stops)\n")
@@ -90,6 +118,8 @@ class Command(BaseCommand):
         finally:
             if fake is not None:
                 fake.stop()
+            if sink is not None:
+                sink.stop()
 
     def _step(self, label: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"== {label}"))
@@ -107,12 +137,17 @@ class Command(BaseCommand):
             + (f"; {result.cache_entries:,} live carts cached" if result.cache_entries else "")
         )
 
-    def _route_mail(self) -> None:
-        # A laptop has no SMTP server: the demo's emails go to files unless mail is configured.
-        if settings.EMAIL_BACKEND.endswith("smtp.EmailBackend") and settings.EMAIL_HOST == "localhost":
-            settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-            settings.EMAIL_FILE_PATH = str(settings.BASE_DIR / "demo-mail")
-            self.stdout.write(f"  emails are written to {settings.EMAIL_FILE_PATH}/")
+    def _route_mail(self) -> MailSink | None:
+        # A laptop has no SMTP server: unless mail is configured, the demo serves its own, which keeps
+        # every message as a file, so the jobs send real SMTP and email_service_health finds it up.
+        if not (settings.EMAIL_BACKEND.endswith("smtp.EmailBackend") and settings.EMAIL_HOST == "localhost"):
+            return None
+        sink = MailSink(Path(settings.BASE_DIR) / "demo-mail").start()
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", sink.port
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+        self.stdout.write(f"  emails go to a local SMTP server on port {sink.port}, kept in {sink.directory}/")
+        return sink
 
     def _start_fake_gateway(self):
         try:
@@ -187,13 +222,3 @@ class Command(BaseCommand):
             f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
             + (" (the admin's job runs have the tracebacks)" if by_status[JobRun.Status.FAILED] else "")
         )
-
-    def _admin_user(self) -> str:
-        password = secrets.token_urlsafe(9)
-        user, _ = get_user_model().objects.get_or_create(
-            username=ADMIN_USERNAME, defaults={"email": "admin@example.com"}
-        )
-        user.is_staff = user.is_superuser = user.is_active = True
-        user.set_password(password)
-        user.save()
-        return password

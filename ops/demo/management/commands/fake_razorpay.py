@@ -3,8 +3,10 @@ import signal
 import threading
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from checkout import commands
+from checkout.commands import UsageError
 from ops.demo.fake_gateway import FakeRazorpay
 
 DEV_KEY_ID = "rzp_test_fake"
@@ -18,7 +20,7 @@ def probability(raw: str) -> float:
     return value
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = (
         "Serve a fake Razorpay /v1 API (payments, orders, capture, refund) on plain http for development. "
         "Point RAZORPAY_BASE_URL at it; it accepts RAZORPAY_KEY_ID/RAZORPAY_KEY_SECRET when set."
@@ -37,7 +39,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["port"] < 0 or options["port"] > 65535:
-            raise CommandError(f"--port {options['port']} is not a TCP port")
+            raise UsageError(f"--port {options['port']} is not a TCP port")
+        if not 0 <= options["latency_ms"] < float("inf"):
+            raise UsageError(f"--latency-ms must be 0 or more, got {options['latency_ms']}")
         key_id = settings.RAZORPAY_KEY_ID or DEV_KEY_ID
         key_secret = settings.RAZORPAY_KEY_SECRET or DEV_KEY_SECRET
         fake = FakeRazorpay(key_id, key_secret, host=options["host"], port=options["port"], seed=options["seed"])
@@ -46,9 +50,12 @@ class Command(BaseCommand):
                 latency_ms=options["latency_ms"], p_5xx=options["p_5xx"], p_429=options["p_429"],
                 p_timeout=options["p_timeout"], p_html=options["p_html"],
             )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        try:
             fake.start()
-        except (ValueError, OSError) as exc:
-            raise CommandError(f"cannot serve the fake gateway: {exc}") from None
+        except OSError as exc:
+            raise CommandError(f"cannot serve the fake gateway on {options['host']}:{options['port']}: {exc}") from None
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         secret_note = "RAZORPAY_KEY_SECRET" if settings.RAZORPAY_KEY_SECRET else f"{DEV_KEY_SECRET!r}"

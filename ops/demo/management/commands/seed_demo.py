@@ -1,19 +1,30 @@
-"""`manage.py seed_demo`: realistic checkout data over the last days, bulk-loaded."""
-from django.core.management.base import BaseCommand, CommandError
+"""`manage.py seed_demo`: realistic checkout data over the last days, bulk-loaded.
 
-from ops.demo.data import SeedPlan, demo_data_reset, demo_data_seed
-from ops.demo.management.commands._cli import one_line_errors
+`--reset` first empties the domain tables: at once on a demo database (one `demo` made),
+otherwise only with `--yes-destroy <database name>`; either way it first says what goes.
+"""
+from checkout import commands
+from checkout.commands import UsageError, add_destroy_confirmation, refuse_destruction
+from ops.demo.data import (
+    SeedPlan,
+    database_label,
+    demo_data_doomed,
+    demo_data_reset,
+    demo_data_seed,
+    is_demo_database,
+)
 
 
-class Command(BaseCommand):
+def _tally(counts) -> str:
+    return ", ".join(f"{n:,} {name}" for name, n in sorted(counts.items())) or "nothing"
+
+
+class Command(commands.Command):
     help = (
         "Insert realistic demo data (internships, users, carts, orders, payments, enrollments) spread over "
         "the last --days days, and cart:<token> cache entries for live carts when Redis is configured. "
         "Deterministic for a given --seed on the same database state."
     )
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        return one_line_errors(super().create_parser(prog_name, subcommand, **kwargs), subcommand)
 
     def add_arguments(self, parser):
         defaults = SeedPlan()
@@ -24,7 +35,9 @@ class Command(BaseCommand):
         parser.add_argument("--internships", type=int, default=defaults.internships,
                             help="internships on sale")
         parser.add_argument("--reset", action="store_true",
-                            help="first empty the domain tables, the non-staff users and the cart cache")
+                            help="first empty the domain tables, the non-staff users and the cart cache; "
+                                 "on a database the demo did not make, only with --yes-destroy")
+        add_destroy_confirmation(parser, what="--reset")
 
     def handle(self, *args, **options):
         plan = SeedPlan(
@@ -34,10 +47,12 @@ class Command(BaseCommand):
         try:
             plan.validate()
         except ValueError as exc:
-            raise CommandError(str(exc), returncode=2) from None
+            raise UsageError(str(exc)) from None
+        confirmation = options["yes_destroy"]
+        if confirmation is not None and not options["reset"]:
+            raise UsageError("--yes-destroy goes with --reset")
         if options["reset"]:
-            removed = demo_data_reset()
-            self.stdout.write("reset: removed " + ", ".join(f"{n:,} {k}" for k, n in sorted(removed.items())))
+            self._reset(confirmation)
         result = demo_data_seed(plan=plan)
         counts = result.counts
         self.stdout.write(
@@ -49,3 +64,15 @@ class Command(BaseCommand):
             self.stderr.write(f"cart cache not written: {result.cache_error}")
         elif result.cache_entries:
             self.stdout.write(f"cached {result.cache_entries:,} live carts in Redis")
+
+    def _reset(self, confirmation: str | None) -> None:
+        database = database_label()
+        doomed = +demo_data_doomed()  # the tables with rows
+        if confirmation is not None or (doomed and not is_demo_database()):
+            refuse_destruction(
+                confirmation, database=database, damage=f"--reset would delete {_tally(doomed)} in {database!r}",
+                why="the demo did not make that database (no demo marker)",
+            )
+        self.stdout.write(f"reset: deleting {_tally(doomed)} in {database!r}")
+        removed = +demo_data_reset()
+        self.stdout.write(f"reset: removed {_tally(removed)}")

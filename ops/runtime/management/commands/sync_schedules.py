@@ -1,10 +1,9 @@
 """Copy the schedules declared in ops/runtime/schedules.py into django-celery-beat's tables (run on deploy)."""
-from django.core.management.base import BaseCommand
-
+from checkout import commands
 from ops.runtime.services import schedules_sync
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = "Upsert the declared job schedules into django-celery-beat, keeping admin edits of unchanged ones."
 
     def add_arguments(self, parser):
