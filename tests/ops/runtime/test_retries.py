@@ -133,7 +133,7 @@ def test_dead_letter_is_requeued_from_the_admin_action(client, tmp_path):
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("broker", BROKERS, indirect=True)
-def test_retries_wait_in_the_broker_and_a_dead_letter_is_requeued_through_it(
+def test_retries_go_through_the_broker_and_a_dead_letter_is_requeued_through_it(
     celery_worker_factory, celery_live, broker, tmp_path
 ):
     # given a task sent with a countdown under a second, before any worker runs
@@ -144,7 +144,7 @@ def test_retries_wait_in_the_broker_and_a_dead_letter_is_requeued_through_it(
     # when a job fails every time
     crashing = enqueue_job("ops_test_job", params={"crash": "gateway down"})
 
-    # then the job is retried twice, each retry waiting out its countdown in the broker, then buried
+    # then the job is retried twice, each retry sent through the broker with its countdown, then buried
     dead = wait_for(lambda: DeadLetter.objects.filter(task_id=crashing, state=DeadLetter.State.DEAD).first(),
                     timeout=40, what="the failing job's dead letter")
     runs = list(JobRun.objects.filter(job="ops_test_job", task_id=crashing).order_by("started_at"))
