@@ -26,6 +26,7 @@ from functools import lru_cache, partial
 import psycopg2
 import psycopg2.extensions
 import redis
+from kombu import Connection
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -221,11 +222,18 @@ def _broker_client(url: str, timeout: float) -> redis.Redis:
 
 
 def separate_broker_url() -> str | None:
-    """The broker's URL when it is a Redis other than REDIS_URL (pinged on its own), else None."""
+    """The broker's URL when it is RabbitMQ or a Redis other than REDIS_URL (pinged on its own), else None."""
     url = settings.CELERY_BROKER_URL
-    if url == settings.REDIS_URL or not url.startswith(("redis://", "rediss://")):
+    if url == settings.REDIS_URL or not url.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
         return None
     return url
+
+
+def _ping_amqp(url: str, deadline: float) -> None:
+    """Open and close an AMQP connection: the broker accepted us and finished the handshake."""
+    timeout = max(0.1, deadline - time.monotonic())
+    with Connection(url, connect_timeout=timeout, transport_options={"max_retries": 0}) as conn:
+        conn.connect()
 
 
 def dependency_pings() -> dict[str, dict]:
@@ -234,7 +242,9 @@ def dependency_pings() -> dict[str, dict]:
     if settings.REDIS_URL:
         targets["redis"] = (("redis", settings.REDIS_URL), lambda deadline: get_redis().ping())
     broker = separate_broker_url()
-    if broker:
+    if broker and broker.startswith(("amqp://", "amqps://")):
+        targets["broker"] = (("broker", broker), partial(_ping_amqp, broker))
+    elif broker:
         client = _broker_client(broker, settings.HEALTH_CHECK_TIMEOUT)
         targets["broker"] = (("broker", broker), lambda deadline: client.ping())
     answers = _ping_all(targets)

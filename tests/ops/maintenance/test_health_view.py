@@ -139,6 +139,26 @@ def test_a_broker_of_its_own_is_pinged_and_named_when_down(client, redis_client,
 
 
 @pytest.mark.django_db
+def test_a_rabbitmq_broker_is_pinged_and_named_when_down(client, redis_client, smtp_server, settings):
+    from tests.brokers import RABBITMQ_URL, rabbitmq_unavailable
+    from tests.services import in_ci
+
+    reason = rabbitmq_unavailable()
+    if reason:
+        (pytest.fail if in_ci() else pytest.skip)(reason)
+    all_dependencies_up()
+    # given RabbitMQ as the broker: up, then a port where nothing listens
+    settings.CELERY_BROKER_URL = RABBITMQ_URL
+    up = client.get("/health/")
+    settings.CELERY_BROKER_URL = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    down = client.get("/health/")
+
+    assert up.status_code == 200 and up.json()["services"]["broker"]["status"] == "ok"
+    assert down.status_code == 503 and down.json()["problems"] == ["broker"]
+    assert_no_secrets(down.content.decode())
+
+
+@pytest.mark.django_db
 def test_a_stale_stored_result_counts_as_unknown(client, redis_client, smtp_server):
     all_dependencies_up()
     HealthCheck.objects.filter(service="payment_gateway").update(checked_at=timezone.now() - timedelta(days=2))
