@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Count, Min, Q
 
 from ops.runtime.alerts import Condition, alert_rule
-from payments.models import DISPUTE_NEEDS_ACTION, Dispute, Payment
+from payments.models import DISPUTE_NEEDS_ACTION, Dispute, Payment, Refund, RefundStatus
 
 
 @alert_rule("payments:mismatch", next_step=(
@@ -42,6 +42,18 @@ def _stuck(now: datetime) -> Condition:
         f"longer than they should be",
         {"by_status": by_status, "after_s": round(after.total_seconds())},
     )
+
+
+@alert_rule("payments:refund_stuck", next_step=(
+    "open Refunds in the admin (status requested), read each one's last error, and check the refund in the "
+    "Razorpay dashboard; payment_sync keeps asking with the same key, so it is never made twice"
+))
+def _refunds_stuck(now: datetime) -> Condition:
+    after = settings.ALERT_PAYMENT_STUCK_AFTER
+    waiting = Refund.objects.filter(status=RefundStatus.REQUESTED, created_at__lt=now - after)
+    count = waiting.count()
+    return Condition(count > 0, f"{count} refunds asked more than {after} ago are still not made",
+                     {"count": count, "ids": list(waiting.order_by("created_at").values_list("pk", flat=True)[:5])})
 
 
 @alert_rule("payments:dispute", next_step=(

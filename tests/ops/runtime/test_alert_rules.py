@@ -110,3 +110,17 @@ def test_the_periodic_evaluation_checks_the_rules_too():
     changes = alerts_evaluate(now)
     assert changes["dependency:webhooks"] == {"condition": "opened"}
     assert alerts_evaluate(now).get("dependency:webhooks") is None
+
+
+def test_a_refund_the_gateway_never_answers_pages(settings):
+    from payments.models import Refund
+
+    settings.ALERT_PAYMENT_STUCK_AFTER = timedelta(hours=6)
+    now = timezone.now()
+    payment = PaymentFactory(status=Payment.Status.CAPTURED)
+    refund = Refund.objects.create(payment=payment, amount_paise=100, currency="INR", idempotency_key="k" * 12,
+                                   reason="customer asked", requested_by="alice",
+                                   created_at=now - timedelta(hours=7), last_error="timed out")
+    assert evaluate_rules(now) == {"payments:refund_stuck": "opened"}
+    Refund.objects.filter(pk=refund.pk).update(status="processed", razorpay_refund_id="rfnd_1", processed_at=now)
+    assert evaluate_rules(now) == {"payments:refund_stuck": "resolved"}
