@@ -4,6 +4,9 @@ A job body is a plain function `func(ctx) -> dict | None`. It counts what it did
 with `ctx.add(...)`, reports progress with `ctx.progress(...)`, stops between
 batches once `ctx.deadline` has passed, and asks for a follow-up chunk with
 `ctx.continue_later(...)`; the runtime queues that chunk, counts it and caps it.
+A body may instead split its work into bounded parts with `ctx.fan_out([...])`:
+each part runs as a chunk task on any worker, where the same body sees it in
+`ctx.part` (ops.runtime.runner.run_chunk).
 While the body runs, its process's heartbeat stores the counts so far (ops.runtime.heartbeat).
 """
 from __future__ import annotations
@@ -35,6 +38,11 @@ class JobContext:
     on_progress: ProgressCallback | None = None
     continuation: dict | None = None
     started: float = field(default_factory=time.monotonic)
+    # In a chunk task: the part this body is to do (the dict given to fan_out), and which claim of it
+    # this is (1, then 2 when a lost worker's chunk is taken over). None in the run that fans out.
+    part: dict | None = None
+    attempt: int = 0
+    parts: list[dict] | None = None
 
     @property
     def log(self) -> logging.Logger:
@@ -61,3 +69,11 @@ class JobContext:
     def last_chunk(self) -> bool:
         """True when a follow-up asked for now would be past the job's cap (and would not be queued)."""
         return self.chunk + 1 >= self.job.max_chunks
+
+    def fan_out(self, parts: list[dict]) -> None:
+        """Hand the work to chunk tasks, one per part (a dict of plain values: an id range, a day),
+        that any worker on any host may take once this body has returned. The run stays "running"
+        until the last chunk ends, with the chunks' counts added to its own."""
+        if self.part is not None:
+            raise ValueError("a chunk does not fan out again")
+        self.parts = [dict(part) for part in parts]

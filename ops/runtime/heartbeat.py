@@ -16,7 +16,7 @@ from collections import Counter
 from django.db import connection
 from django.utils import timezone
 
-from ops.runtime.models import JobRun
+from ops.runtime.models import JobChunk, JobRun
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class _Beater:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.runs: dict[int, Counter] = {}
+        self.runs: dict[int | tuple[str, int], Counter] = {}  # a run's pk, or chunk_key(chunk pk)
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="job-heartbeat", daemon=True)
@@ -56,7 +56,10 @@ class _Beater:
                 continue
             for run_pk, counts in runs:
                 try:
-                    beat(run_pk, counts)
+                    if isinstance(run_pk, tuple):
+                        beat_chunk(run_pk[1], counts)
+                    else:
+                        beat(run_pk, counts)
                 except Exception as exc:  # the database may be away for a moment: the next beat tries again
                     log.warning("heartbeat of run %s not written: %s", run_pk, exc)
                     connection.close()
@@ -82,13 +85,25 @@ def beat(run_pk: int, counts: Counter) -> None:
     )
 
 
-def heartbeat_start(run_pk: int, counts: Counter) -> None:
+def beat_chunk(chunk_pk: int, counts: Counter) -> None:
+    """One heartbeat of a chunk in progress (see ops.runtime.ledger.chunk_claim)."""
+    JobChunk.objects.filter(pk=chunk_pk, status=JobChunk.Status.RUNNING).update(
+        heartbeat_at=timezone.now(), counts=_snapshot(counts),
+    )
+
+
+def chunk_key(chunk_pk: int) -> tuple[str, int]:
+    """What a chunk's heartbeat is started and stopped under (a run's is its pk)."""
+    return ("chunk", chunk_pk)
+
+
+def heartbeat_start(run_pk: int | tuple[str, int], counts: Counter) -> None:
     beater = _the_beater()
     with beater.lock:
         beater.runs[run_pk] = counts
 
 
-def heartbeat_stop(run_pk: int) -> None:
+def heartbeat_stop(run_pk: int | tuple[str, int]) -> None:
     beater = _the_beater()
     with beater.lock:
         beater.runs.pop(run_pk, None)

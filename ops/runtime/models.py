@@ -55,6 +55,49 @@ class JobRun(models.Model):
         return f"{self.job} #{self.pk} {self.status}"
 
 
+class JobChunk(models.Model):
+    """One bounded part of a run that fanned out (`ctx.fan_out`): any worker on any host claims it.
+
+    The parent run stays "running" until its last chunk ends; each chunk's counts are
+    added to the parent's when it ends (ops.runtime.ledger.chunk_finish). `attempt`
+    grows at every claim, and only the attempt holding the claim may end the chunk,
+    so a chunk taken over from a lost worker is counted once.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    run = models.ForeignKey(JobRun, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt = models.PositiveIntegerField(default=0)
+    # Attempts that ended with their worker lost (the sweep handed the chunk back).
+    lost = models.PositiveIntegerField(default=0)
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # The Celery worker (its -n name) and the process of the attempt holding or last holding the chunk.
+    worker = models.CharField(max_length=255, blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    task_id = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="jobchunk_once_per_run_index")]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="jobchunk_status_beat_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.index} {self.status}"
+
+
 class JobLease(models.Model):
     """Portable single-flight lock: a lease renewed by heartbeats, free once expired.
 

@@ -29,10 +29,10 @@ from ops.runtime.alerts import alerts_evaluate
 from ops.runtime.dispatch import TASK_QUEUES
 from ops.runtime.errors import JobError
 from ops.runtime.ledger import HOLDER_DIED
-from ops.runtime.models import DeadLetter, JobRun
+from ops.runtime.models import DeadLetter, JobChunk, JobRun
 from ops.runtime.outbox import outbox_relay
 from ops.runtime.registry import Job
-from ops.runtime.runner import run_job
+from ops.runtime.runner import CHUNK_TASK, run_chunk, run_job
 from ops.runtime.sweep import WORKER_LOST_PREFIX
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,33 @@ def register_job_task(job: Job) -> None:
         run, name=job.task_name, bind=True, acks_late=True, throws=(JobError,),
         max_retries=job.max_retries, time_limit=limit + 60, soft_time_limit=limit,
     )
+
+
+@app.task(name=CHUNK_TASK, bind=True, acks_late=True, throws=(JobError,), max_retries=3)
+def job_chunk(self, chunk_id: int):
+    """Run one chunk of a run that fanned out, on whichever worker took the message (any host).
+
+    The chunk's row is claimed first: a second message for it (a redelivery, the sweep's resend)
+    finds it taken or over and does nothing. A failing part is retried with the job's backoff, then
+    fails its run and goes to the dead letters.
+    """
+    try:
+        name = JobChunk.objects.filter(pk=chunk_id).values_list("run__job", flat=True).first()
+    except Exception as exc:  # the database is away: retried, not dropped
+        _retry_or_bury(self, exc, base=2.0, cap=30.0, retryable=True)
+    if name is None:
+        return {"chunk_id": chunk_id, "claimed": False}
+    job = registry.get_job(name)
+    try:
+        chunk = run_chunk(
+            chunk_id, worker=self.request.hostname or "", task_id=self.request.id or "",
+            retries_left=self.request.retries < self.max_retries,
+        )
+    except Exception as exc:
+        retryable = not isinstance(exc, JobError) or exc.retryable
+        _retry_or_bury(self, exc, base=job.backoff_base, cap=job.backoff_cap, retryable=retryable)
+    _note_recovered(self)
+    return {"chunk_id": chunk_id, "claimed": chunk is not None}
 
 
 def _parse_day(value: str | None) -> date | None:

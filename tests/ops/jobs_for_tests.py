@@ -10,6 +10,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from django.db import connection, transaction
+
 from checkout.redis import get_redis
 from ops.runtime import params, schedules
 from ops.runtime.registry import job
@@ -17,7 +19,7 @@ from ops.runtime.context import JobContext
 from ops.runtime.errors import JobError, JobSkipped
 from ops.runtime.tasks import background_task
 
-TEST_JOBS = ("ops_test_job", "ops_test_undated", "ops_test_tick")
+TEST_JOBS = ("ops_test_job", "ops_test_undated", "ops_test_tick", "ops_test_spread")
 TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink", "ops_test.backlog", "ops_test.urgent")
 HOLD_TIMEOUT_S = 60
 
@@ -116,3 +118,39 @@ def declare_for_beat(spec: str) -> None:
 
 
 declare_for_beat(os.environ.get("OPS_TEST_BEAT_GRACE", ""))
+
+
+# --- for the chunks of tests/ops/runtime/test_chunks_across_hosts.py ----------------------------
+# The units a run of ops_test_spread does: one row per unit done, with no key, so a unit done twice
+# shows as two rows. The test creates the table and drops it.
+UNIT_TABLE = "ops_test_spread_unit"
+
+
+@job("ops_test_spread", time_limit=timedelta(minutes=2), max_retries=1, params={
+    "units": params.integer(0, low=0), "per_chunk": params.integer(10, low=1),
+    "hold_part": params.integer(-1, low=-1), "hold_key": params.text(), "pause_ms": params.integer(0, low=0),
+})
+def ops_test_spread(ctx: JobContext) -> dict:
+    """Test-only job that fans out: units [0, units) in parts of per_chunk, each part's units written
+    in one transaction; part `hold_part`'s first attempt waits inside it for the test's release."""
+    given = ctx.params
+    if ctx.part is None:
+        parts = [{"first": first, "last": min(first + given["per_chunk"], given["units"]), "index": index}
+                 for index, first in enumerate(range(0, given["units"], given["per_chunk"]))]
+        ctx.add("parts", len(parts))
+        ctx.fan_out(parts)
+        return {"units": given["units"]}
+    part = ctx.part
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {UNIT_TABLE} (unit, part, attempt) SELECT n, %s, %s FROM generate_series(%s, %s) AS n",
+            [part["index"], ctx.attempt, part["first"], part["last"] - 1],
+        )
+        ctx.add("units", cursor.rowcount)
+        if part["index"] == given["hold_part"] and ctx.attempt == 1:
+            client = get_redis()
+            client.rpush(f"{given['hold_key']}:started", os.getpid())
+            blpop_patiently(client, f"{given['hold_key']}:release", HOLD_TIMEOUT_S)
+        elif given["pause_ms"]:
+            time.sleep(given["pause_ms"] / 1000)  # stands for the part's work, so parts overlap across workers
+    return {}

@@ -32,6 +32,7 @@ TASK_NAMES = {
     "webhook_event_process",
     # the runtime's own
     "ops.alerts_evaluate",
+    "ops.job_chunk",
     "ops.outbox_relay",
 }
 
