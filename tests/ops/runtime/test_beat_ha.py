@@ -386,11 +386,13 @@ def audit(claims: list[BeatSlot], runs: list[JobRun]) -> tuple[dict, list[str]]:
                 late_on_time = max(late_on_time, late)
             elif row.grace is not None:
                 grace = timedelta(seconds=row.grace)
+                # The grace is judged when the beat decides (claimed_at); sending takes a moment after.
+                decided = claim.claimed_at - claim.slot
                 if claim.outcome == "sent" and late > ON_TIME:
                     problems.append(f"{where}: missed but sent as if on time")
-                if claim.outcome == "caught_up" and late > grace:
-                    problems.append(f"{where}: caught up past the grace")
-                if claim.outcome == "skipped" and late <= grace:
+                if claim.outcome == "caught_up" and decided > grace:
+                    problems.append(f"{where}: caught up past the grace (decided {decided.total_seconds():.2f} s late)")
+                if claim.outcome == "skipped" and decided <= grace:
                     problems.append(f"{where}: skipped within the grace")
             if claim.outcome == "skipped":
                 if row.grace is None or (row.job, claim.slot.isoformat()) not in skipped_runs:
