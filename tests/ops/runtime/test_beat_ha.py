@@ -351,6 +351,17 @@ def leader_after(beats, term: int):
     return (leader, lease) if leader is not None else None
 
 
+def audit_when_run() -> tuple[list, dict, list]:
+    """The claimed slots of ROWS, once the workers have run every one sent: (claims, figures, problems)."""
+    claims = list(BeatSlot.objects.filter(schedule__in=[r.name for r in ROWS]).order_by("schedule", "slot"))
+    sent = {c.task_id for c in claims if c.task_id}
+    jobs = [r.job for r in ROWS]
+    wait_for(lambda: sent <= set(JobRun.objects.filter(job__in=jobs).values_list("task_id", flat=True)), 30,
+             "the workers to run every slot sent")
+    figures, problems = audit(claims, list(JobRun.objects.filter(job__in=jobs)))
+    return claims, figures, problems
+
+
 def audit(claims: list[BeatSlot], runs: list[JobRun]) -> tuple[dict, list[str]]:
     """The figures, and every way the claims and runs break "each slot once, misses only by the policy"."""
     problems: list[str] = []
@@ -473,12 +484,7 @@ def test_three_beats_send_every_slot_once_through_a_kill_and_a_freeze(
             process.stop()
 
     # then every claimed slot runs, once
-    claims = list(BeatSlot.objects.filter(schedule__in=[r.name for r in ROWS]).order_by("schedule", "slot"))
-    sent = {c.task_id for c in claims if c.task_id}
-    jobs = [r.job for r in ROWS]
-    wait_for(lambda: sent <= set(JobRun.objects.filter(job__in=jobs).values_list("task_id", flat=True)), 30,
-             "the workers to run every slot sent")
-    figures, problems = audit(claims, list(JobRun.objects.filter(job__in=jobs)))
+    claims, figures, problems = audit_when_run()
     after_kill, after_freeze = first_send_after(killed_term), first_send_after(frozen_term)
     figures["failover_after_kill_s"] = round((after_kill.claimed_at - killed_at).total_seconds(), 2)
     figures["failover_after_freeze_s"] = round((after_freeze.claimed_at - frozen_at).total_seconds(), 2)
