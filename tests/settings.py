@@ -7,6 +7,7 @@ under CI=true, see tests/conftest.py).
 import os
 import secrets
 import tempfile
+from pathlib import Path
 
 from tests.services import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, answers
 
@@ -44,6 +45,8 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The manifest storage needs `collectstatic` first; tests render templates without it
 # (the browser test of the served admin collects into its own directory).
+STATIC_ROOT = Path(tempfile.gettempdir()) / "checkout-test-static"  # WhiteNoise warns about a missing one
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

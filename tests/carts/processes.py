@@ -74,7 +74,9 @@ def main(argv: list[str]) -> None:
     from checkout.redis import get_redis
 
     role, gate, arg = argv
-    if get_redis().blpop([gate], timeout=60) is None:
+    from tests.services import blpop_patiently
+
+    if blpop_patiently(get_redis(), gate, 60) is None:
         raise SystemExit("the gate never opened")
     if role == "cleaner":
         report = cleaner(int(arg))

@@ -18,20 +18,11 @@ from ops.runtime.registry import job
 from ops.runtime.context import JobContext
 from ops.runtime.errors import JobError, JobSkipped
 from ops.runtime.tasks import background_task
+from tests.services import blpop_patiently  # noqa: F401  (the test jobs wait with it; tests import it here)
 
 TEST_JOBS = ("ops_test_job", "ops_test_undated", "ops_test_tick", "ops_test_spread")
 TEST_TASKS = ("ops_test.flaky", "ops_test.outbox_sink", "ops_test.backlog", "ops_test.urgent")
 HOLD_TIMEOUT_S = 60
-
-
-def blpop_patiently(client, key: str, timeout: float):
-    """BLPOP in one-second turns: the shared client's socket timeout is shorter than our waits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        item = client.blpop(key, timeout=1)
-        if item:
-            return item
-    return None
 
 
 @job("ops_test_job", accepts_date=True, time_limit=timedelta(minutes=2), max_retries=2, params={
