@@ -2,13 +2,14 @@
 
     python bench/analytics.py [--orders 1000000] [--carts 2000000] [--days 90] [--keep]
 
-Loads a database of its own (checkout_bench_analytics, rebuilt unless --keep finds it
+At ten million: `nice -n 19 python bench/analytics.py --orders 10000000 --carts 10000000 --repeat 3`.
+Loads a database of its own (BENCH_ANALYTICS_DB, default checkout_bench_analytics, rebuilt unless --keep finds it
 loaded at the same size) with COPY, then measures in the same run:
 
 1. the daily report of one local day (daily_reports_build: rollup + write) against the same
    aggregates hand-written in SQL (goal <= 1.5x);
 2. a 60-day backfill (60 reports written, one transaction per day) against one grouped
-   rollup query per table, grouping by the local date in SQL (goal <= 1.5x).
+   rollup query per table, grouping by the local date in SQL (goal <= 1.2x).
 
 Each timing is the best of --repeat runs after a warm-up, so both sides read a warm cache.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BENCH_DB = "checkout_bench_analytics"
+BENCH_DB = os.environ.get("BENCH_ANALYTICS_DB", "checkout_bench_analytics")
 SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 os.environ["DATABASE_URL"] = f"{SERVER_URL}/{BENCH_DB}"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checkout.settings")
@@ -300,7 +301,7 @@ def main() -> None:
     backfill = best_of(repeat, lambda: daily_reports_build(start=start, end=end))
     rollup = best_of(repeat, lambda: one_rollup(cursor, start, end))
     print(f"60-day backfill {start}..{end - timedelta(days=1)}: {backfill:.2f} s  |  one grouped rollup "
-          f"{rollup:.2f} s  |  ratio {backfill / rollup:.2f}x (goal <= 1.5x)")
+          f"{rollup:.2f} s  |  ratio {backfill / rollup:.2f}x (goal <= 1.2x)")
 
 
 if __name__ == "__main__":

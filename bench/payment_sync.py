@@ -1,6 +1,7 @@
 """Benchmark of payment_sync: pending payments reconciled per second against the fake Razorpay.
 
     python bench/payment_sync.py [--payments 5000] [--latency-ms 25] [--concurrency 8 16] [--rate-limit 1000]
+                                 [--workers 1]
 
 The fake gateway runs in its own process (so its threads do not share our GIL) and
 answers every call after `--latency-ms`. For each concurrency C the same run measures:
@@ -12,6 +13,10 @@ per payment. The load average is printed with each line: the machine is shared.
 The shared rate limiter runs on every call (one Redis round trip each), set by
 `--rate-limit` above the highest bound so that it never makes a call wait: the
 settings' default (25/s) would cap the sync at 25 payments/s whatever C is.
+With `--workers W` above 1 the same pending payments are spread over W worker processes, each
+running payment_sync_pending with C threads at once (their row claims keep them apart): the
+bound is then C x W / latency, the baseline W processes of bare SDK fetches, and the run checks
+that no payment was settled twice.
 Needs PostgreSQL (the database of BENCH_DATABASE_URL is created) and Redis.
 """
 import argparse
@@ -96,6 +101,21 @@ def load_average() -> str:
 
 def bare_fetches(base_url: str, n: int, concurrency: int) -> float:
     """Seconds for n order-payments fetches with the plain SDK on `concurrency` threads."""
+    started = time.perf_counter()
+    _fetch_range(base_url, 0, n, concurrency)
+    return time.perf_counter() - started
+
+
+def _bare_worker(base_url: str, first: int, n: int, concurrency: int, go, conn) -> None:
+    go.wait()
+    started = time.time()
+    _fetch_range(base_url, first, n, concurrency)
+    conn.send((started, time.time()))
+
+
+def _fetch_range(base_url: str, first: int, n: int, concurrency: int) -> None:
+    """Fetch the payments of orders first … first + n - 1 with the plain SDK (one client per thread, as
+    its docs show) on `concurrency` threads."""
     import razorpay
 
     local = threading.local()
@@ -107,9 +127,81 @@ def bare_fetches(base_url: str, n: int, concurrency: int) -> float:
         client.order.payments(f"order_B{i:013d}", {}, timeout=10)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        started = time.perf_counter()
-        list(pool.map(fetch, range(n)))
-        return time.perf_counter() - started
+        list(pool.map(fetch, range(first, first + n)))
+
+
+def _sync_worker(concurrency: int, go, conn) -> None:
+    """One worker process: payment_sync_pending with its own connections, from the common start."""
+    from django.db import connections
+
+    from payments.services.settle import payment_sync_pending
+
+    connections.close_all()  # never the parent's sockets
+    go.wait()
+    started = time.time()
+    counts = payment_sync_pending(concurrency=concurrency)
+    conn.send((started, time.time(), dict(counts)))
+    connections.close_all()
+
+
+def _together(ctx, target, args_for, workers: int) -> list:
+    """Start `workers` processes of target, release them at once, return what each sent."""
+    go = ctx.Event()
+    pipes, procs = [], []
+    for w in range(workers):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, args=(*args_for(w), go, child))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    time.sleep(1.0)  # every process is up and waiting
+    go.set()
+    results = [pipe.recv() for pipe in pipes]
+    for proc in procs:
+        proc.join(timeout=60)
+        if proc.exitcode != 0:
+            raise SystemExit(f"a worker process exited with {proc.exitcode}")
+    return results
+
+
+def spread(base_url: str, payments: int, concurrency: int, workers: int, latency_ms: float) -> None:
+    """The same sync spread over `workers` processes, against bare fetches spread the same way."""
+    from django.db import connection, connections
+
+    from payments.models import Payment
+
+    ctx = mp.get_context("fork")
+    bound = concurrency * workers / (latency_ms / 1000)
+    share = -(-payments // workers)
+    connections.close_all()
+    bare_runs = _together(
+        ctx, _bare_worker,
+        lambda w: (base_url, w * share, max(0, min(share, payments - w * share)), concurrency), workers,
+    )
+    bare_s = max(end for _, end in bare_runs) - min(start for start, _ in bare_runs)
+    bare = payments / bare_s
+    print(f"C={concurrency:>2} x {workers} workers: bare SDK {payments} fetches = {bare:.0f}/s "
+          f"({bare / bound:.0%} of bound {bound:.0f}/s); {load_average()}")
+    load(payments)
+    connections.close_all()
+    runs = _together(ctx, _sync_worker, lambda w: (concurrency,), workers)
+    elapsed = max(end for _, end, _ in runs) - min(start for start, _, _ in runs)
+    seen = [counts.get("seen", 0) for _, _, counts in runs]
+    total = sum(seen)
+    settled = sum(counts.get("captured", 0) + counts.get("failed", 0) for _, _, counts in runs)
+    rate = total / elapsed
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM payments_payment WHERE claimed_until IS NOT NULL")
+        left_claimed = cursor.fetchone()[0]
+    captured_rows = Payment.objects.filter(status="captured").count()
+    captured = sum(counts.get("captured", 0) for _, _, counts in runs)
+    print(
+        f"C={concurrency:>2} x {workers} workers: payment_sync {total} payments in {elapsed:.2f} s = {rate:.0f}/s; "
+        f"bound {bound:.0f}/s -> {rate / bound:.0%} of bound (goal >= 80 %), {rate / bare:.0%} of bare; "
+        f"per worker {'/'.join(str(n) for n in seen)}; settled {settled}, captured {captured} "
+        f"(rows captured {captured_rows}: {'nothing twice' if captured == captured_rows else 'DOUBLE COUNT'}); "
+        f"claims left {left_claimed}; {load_average()}"
+    )
 
 
 def main() -> None:
@@ -119,8 +211,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--rate-limit", type=float, default=1000.0,
                         help="RAZORPAY_RATE_LIMIT for the run, calls/s (keep it above the bounds)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the pending payments")
     args = parser.parse_args()
-    highest_bound = max(args.concurrency) / (args.latency_ms / 1000)
+    if args.payments < 1 or args.workers < 1 or min(args.concurrency) < 1 or args.latency_ms <= 0:
+        parser.error("--payments, --workers and --concurrency must be positive, --latency-ms above 0")
+    highest_bound = max(args.concurrency) * args.workers / (args.latency_ms / 1000)
     if args.rate_limit < highest_bound:
         print(f"warning: --rate-limit {args.rate_limit:g}/s is below the bound {highest_bound:.0f}/s "
               "and will cap the sync")
@@ -177,6 +272,9 @@ def main() -> None:
 
     try:
         for concurrency in args.concurrency:
+            if args.workers > 1:
+                spread(base_url, args.payments, concurrency, args.workers, args.latency_ms)
+                continue
             bound = concurrency / (args.latency_ms / 1000)
             bare = args.payments / bare_fetches(base_url, args.payments, concurrency)
             print(f"C={concurrency:>2}: bare SDK {args.payments} fetches = {bare:.0f}/s "
