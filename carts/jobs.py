@@ -1,15 +1,22 @@
-"""The cart_cleanup job: expired carts and their cache keys, abandoned carts, cart statistics."""
+"""The cart_cleanup job: expired carts and their cache keys, abandoned carts, cart statistics.
+
+Given `chunk_rows`, a run splits the carts to clean into id ranges of about that many carts
+and hands them to chunk tasks that workers on any host take; each range is deleted and
+flagged batch by batch with its progress stored in each batch's transaction, and the
+closing step records the statistics of the whole run.
+"""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from carts.selectors import cart_cleanup_preview, pending_cache_delete_count
+from carts.selectors import cart_cleanup_preview, cleanup_id_ranges, pending_cache_delete_count
 from carts.services import (
     BATCH_SIZE,
     CacheKeyRemover,
@@ -23,7 +30,7 @@ from ops.runtime import params
 from ops.runtime.batches import BatchProgress
 from ops.runtime.context import JobContext
 from ops.runtime.outbox import outbox_relay_request
-from ops.runtime.registry import job
+from ops.runtime.registry import job, job_close
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +71,15 @@ def _enqueue_cache_cleanup() -> None:
     "after_id": params.integer(0, low=0),
     "batch_size": params.integer(BATCH_SIZE, low=1, high=100_000),
     "time_budget": params.number(TIME_BUDGET, low=0, high=TIME_LIMIT.total_seconds() - 60),
+    # 0: one process does the run (in follow-up chunks past its time budget). Else the run fans out to
+    # chunk tasks of about this many carts each, for the workers of every host.
+    "chunk_rows": params.integer(0, low=0, high=10_000_000),
 })
 def cart_cleanup(ctx: JobContext) -> dict:
     """Delete expired carts with their cache keys, flag abandoned carts, record cart statistics."""
     options = ctx.params
+    if ctx.part is not None:
+        return _cleanup_part(ctx)
     now = timezone.now()
     expire_cutoff = now - settings.CART_TTL
     idle_cutoff = now - settings.CART_ABANDON_AFTER
@@ -79,6 +91,11 @@ def cart_cleanup(ctx: JobContext) -> dict:
         return {**preview, "cache_keys_pending": pending_cache_delete_count()}
 
     ctx.add("cache_keys_flushed", _flush_cache_backlog())
+    if options["chunk_rows"] and options["step"] == "expire" and not options["after_id"]:
+        ranges = cleanup_id_ranges(expire_cutoff=expire_cutoff, idle_cutoff=idle_cutoff, rows=options["chunk_rows"])
+        # Every part uses the cutoffs of the run, whenever a worker takes it.
+        ctx.fan_out([{"after_id": lo, "last_id": hi, "now": now.isoformat()} for lo, hi in ranges])
+        return {"expire_cutoff": expire_cutoff.isoformat(), "idle_cutoff": idle_cutoff.isoformat()}
     deadline = ctx.deadline(options["time_budget"])
     cache = CacheKeyRemover()
     expired = BatchProgress(done=True)
@@ -121,4 +138,64 @@ def cart_cleanup(ctx: JobContext) -> dict:
         "cache_keys_pending": snapshot.cache_keys_pending,
         "expire_cutoff": expire_cutoff.isoformat(),
         "idle_cutoff": idle_cutoff.isoformat(),
+    }
+
+
+def _cleanup_part(ctx: JobContext) -> dict:
+    """One id range of a run that fanned out: delete its expired carts, then flag its idle ones.
+
+    Each batch stores, in its own transaction, the step and id reached and the carts it did per
+    internship: an attempt taking the range over from a lost worker resumes there, and the run's
+    counts and statistics hold every cart once.
+    """
+    part = ctx.part
+    now = datetime.fromisoformat(part["now"])
+    state = {"step": "expire", "after_id": part["after_id"], "deleted": {}, "flagged": {}, **ctx.resume}
+    cache = CacheKeyRemover()
+
+    def checkpointer(step: str, key: str, count: str):
+        rows_before, tally_before = ctx.counts[count], Counter(state[key])
+
+        def checkpoint(reached) -> None:
+            ctx.counts[count] = rows_before + reached.rows
+            tally = tally_before + Counter({str(k): n for k, n in reached.tally.items()})
+            ctx.checkpoint(**{**state, "step": step, "after_id": reached.after_id, key: dict(tally)})
+            state.update(step=step, after_id=reached.after_id, **{key: dict(tally)})
+
+        return checkpoint
+
+    if state["step"] == "expire":
+        cart_purge_expired(
+            cutoff=now - settings.CART_TTL, batch_size=ctx.params["batch_size"], after_id=state["after_id"],
+            last_id=part["last_id"], cache=cache, checkpoint=checkpointer("expire", "deleted", "deleted"),
+        )
+        state.update(step="abandon", after_id=part["after_id"])
+    cart_flag_abandoned(
+        idle_cutoff=now - settings.CART_ABANDON_AFTER, now=now, batch_size=ctx.params["batch_size"],
+        after_id=state["after_id"], last_id=part["last_id"],
+        checkpoint=checkpointer("abandon", "flagged", "flagged_abandoned"),
+    )
+    ctx.add("cache_keys_stored", cache.stored)
+    return {}
+
+
+@job_close("cart_cleanup")
+def cart_cleanup_close(ctx: JobContext) -> dict:
+    """Once every range is done: announce the tallies, record the statistics of the whole run."""
+    deleted, flagged = Counter(), Counter()
+    for state in ctx.part_states():
+        deleted.update({int(k): n for k, n in (state.get("deleted") or {}).items()})
+        flagged.update({int(k): n for k, n in (state.get("flagged") or {}).items()})
+    if ctx.counts["deleted"]:
+        outbox_relay_request()
+    snapshot = cart_snapshot_record(run=ctx.run, deleted=deleted, flagged=flagged)
+    if snapshot.cache_keys_pending:
+        _enqueue_cache_cleanup()
+    return {
+        "deleted": ctx.counts["deleted"],
+        "flagged_abandoned": ctx.counts["flagged_abandoned"],
+        "finished": True,
+        "snapshot_id": snapshot.pk,
+        "live": {"active": snapshot.active, "abandoned": snapshot.abandoned, "converted": snapshot.converted},
+        "cache_keys_pending": snapshot.cache_keys_pending,
     }

@@ -59,6 +59,29 @@ def next_batch_end(where: tuple[str, list], *, after_id: int, size: int) -> int 
         return cursor.fetchone()[0]
 
 
+def up_to(where: tuple[str, list], last_id: int | None) -> tuple[str, list]:
+    """`where` limited to ids up to `last_id` (None: no limit)."""
+    if last_id is None:
+        return where
+    sql, params = where
+    return f"{sql} AND {_cart_table()}.id <= %s", [*params, last_id]
+
+
+def cleanup_id_ranges(*, expire_cutoff: datetime, idle_cutoff: datetime, rows: int) -> list[tuple[int, int]]:
+    """Id ranges (after_id, last_id] holding about `rows` carts to delete or flag each, covering them all.
+
+    One keyset step per range on the primary key, as the cleanup's own batches walk it.
+    """
+    expired, expired_params = expired_where(expire_cutoff)
+    idle, idle_params = abandonable_where(idle_cutoff)
+    either = (f"(({expired}) OR ({idle}))", [*expired_params, *idle_params])
+    ranges, after_id = [], 0
+    while (last_id := next_batch_end(either, after_id=after_id, size=rows)) is not None:
+        ranges.append((after_id, last_id))
+        after_id = last_id
+    return ranges
+
+
 def cart_cleanup_preview(*, expire_cutoff: datetime, idle_cutoff: datetime) -> dict[str, int]:
     """How many carts a cleanup would delete and flag abandoned now (one scan, nothing written)."""
     expired, expired_params = expired_where(expire_cutoff)

@@ -34,6 +34,7 @@ from carts.selectors import (
     expired_where,
     next_batch_end,
     pending_cache_delete_count,
+    up_to,
 )
 from checkout.db import is_postgres, skip_commit_flush, total_seconds_sql
 from checkout.redis import get_redis
@@ -285,8 +286,10 @@ def cart_abandon_batch(*, after_id: int, upto_id: int, idle_cutoff: datetime, no
 
 
 def _batched(where: tuple[str, list], apply, *, after_id: int, batch_size: int, deadline: float | None,
-             on_batch, after_batch=None) -> BatchProgress:
-    """Walk the carts matching `where` by primary key, `apply(after_id, upto_id)` per batch (its internship ids)."""
+             on_batch, after_batch=None, last_id: int | None = None, checkpoint=None) -> BatchProgress:
+    """Walk the carts matching `where` by primary key up to `last_id`, `apply(after_id, upto_id)` per batch
+    (its internship ids)."""
+    where = up_to(where, last_id)
 
     def step(lo: int) -> Batch:
         upto_id = next_batch_end(where, after_id=lo, size=batch_size)
@@ -298,14 +301,17 @@ def _batched(where: tuple[str, list], apply, *, after_id: int, batch_size: int, 
     # An order placed on a cart of a batch can commit after the DELETE's snapshot was
     # taken, and the foreign key check then refuses the delete: the batch runs again,
     # and its new snapshot sees the order and keeps the cart.
-    return run_batches(step, after_id=after_id, deadline=deadline, on_batch=on_batch, redo_on_conflict=True)
+    return run_batches(
+        step, after_id=after_id, deadline=deadline, on_batch=on_batch, redo_on_conflict=True, checkpoint=checkpoint,
+    )
 
 
 def cart_purge_expired(
-    *, cutoff: datetime, batch_size: int = BATCH_SIZE, after_id: int = 0,
-    deadline: float | None = None, cache: CacheKeyRemover | None = None, on_batch=None,
+    *, cutoff: datetime, batch_size: int = BATCH_SIZE, after_id: int = 0, last_id: int | None = None,
+    deadline: float | None = None, cache: CacheKeyRemover | None = None, on_batch=None, checkpoint=None,
 ) -> BatchProgress:
-    """Delete never-converted carts with no activity since `cutoff` and no order, with their cache keys."""
+    """Delete never-converted carts with no activity since `cutoff` and no order, with their cache keys
+    (ids after `after_id`, up to `last_id` when given; `checkpoint` as in run_batches)."""
     cache = cache or CacheKeyRemover()
 
     keys: list[str] = []
@@ -319,19 +325,21 @@ def cart_purge_expired(
     # one of its carts meanwhile) and redone keeps that cart, and must not have taken its cache entry.
     return _batched(
         expired_where(cutoff), apply, after_id=after_id, batch_size=batch_size,
-        deadline=deadline, on_batch=on_batch, after_batch=lambda: cache.remove(keys),
+        deadline=deadline, on_batch=on_batch, after_batch=lambda: cache.remove(keys), last_id=last_id,
+        checkpoint=checkpoint,
     )
 
 
 def cart_flag_abandoned(
     *, idle_cutoff: datetime, now: datetime, batch_size: int = BATCH_SIZE, after_id: int = 0,
-    deadline: float | None = None, on_batch=None,
+    last_id: int | None = None, deadline: float | None = None, on_batch=None, checkpoint=None,
 ) -> BatchProgress:
     """Mark active carts with no activity since `idle_cutoff` abandoned (abandoned_at = now)."""
     return _batched(
         abandonable_where(idle_cutoff),
         lambda lo, hi: cart_abandon_batch(after_id=lo, upto_id=hi, idle_cutoff=idle_cutoff, now=now),
-        after_id=after_id, batch_size=batch_size, deadline=deadline, on_batch=on_batch,
+        after_id=after_id, batch_size=batch_size, deadline=deadline, on_batch=on_batch, last_id=last_id,
+        checkpoint=checkpoint,
     )
 
 

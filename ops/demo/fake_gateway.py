@@ -162,6 +162,9 @@ class FakeRazorpay:
         self._stopping = threading.Event()
         self._orders: dict[str, _Order] = {}
         self._payments: dict[str, _Payment] = {}
+        # Each order's payments, in the order they were added: an order's lookups cost its own payments
+        # only, whatever the number of payments held (a bench holds tens of thousands).
+        self._order_payments: dict[str, list[_Payment]] = {}
         self._refunds: list[dict] = []
         # X-Refund-Idempotency key -> (the request's body, the refund it made): a retry gets the same refund.
         self._refund_keys: dict[str, tuple[dict, dict]] = {}
@@ -251,6 +254,8 @@ class FakeRazorpay:
                 on_capture=on_capture, script=deque(then), method=method,
             )
             self._payments[payment.id] = payment
+            if order_id:
+                self._order_payments.setdefault(order_id, []).append(payment)
             self._move(payment, status, error_code=error_code, error_description=error_description)
             return payment.entity()
 
@@ -342,7 +347,7 @@ class FakeRazorpay:
             return [dict(r) for r in self._refunds if payment_id is None or r["payment_id"] == payment_id]
 
     def calls(self, operation: str | None = None) -> list[dict]:
-        """The request log: operation, method, path, status, fault, resource id."""
+        """The request log: operation, method, path, status, fault, resource id, arrival (`at`, epoch seconds)."""
         with self._lock:
             return [dict(c) for c in self._calls if operation is None or c["operation"] == operation]
 
@@ -382,7 +387,7 @@ class FakeRazorpay:
         return refund
 
     def _order_entity(self, order: _Order) -> dict:
-        payments = [p for p in self._payments.values() if p.order_id == order.id]
+        payments = self._order_payments.get(order.id, [])
         paid = sum(p.amount for p in payments if p.captured_at is not None)
         if paid >= order.amount:
             status = "paid"
@@ -409,7 +414,7 @@ class FakeRazorpay:
 
     def _op_order_payments(self, order_id: str, body: dict) -> dict:
         order = self._find_order(order_id)
-        items = [p.entity() for p in self._payments.values() if p.order_id == order.id]
+        items = [p.entity() for p in self._order_payments.get(order.id, [])]
         items.sort(key=lambda p: p["created_at"], reverse=True)
         return {"entity": "collection", "count": len(items), "items": items}
 
@@ -546,7 +551,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match and route_method == method:
                 operation, resource_id = name, match["id"]
                 break
-        entry = {"operation": operation, "method": method, "path": path, "id": resource_id, "fault": None}
+        entry = {"operation": operation, "method": method, "path": path, "id": resource_id, "fault": None,
+                 "at": time.time()}
 
         latency = fake.faults.latency_ms
         if latency and fake._stopping.wait(latency / 1000):

@@ -6,7 +6,10 @@ batches once `ctx.deadline` has passed, and asks for a follow-up chunk with
 `ctx.continue_later(...)`; the runtime queues that chunk, counts it and caps it.
 A body may instead split its work into bounded parts with `ctx.fan_out([...])`:
 each part runs as a chunk task on any worker, where the same body sees it in
-`ctx.part` (ops.runtime.runner.run_chunk).
+`ctx.part` (ops.runtime.runner.run_chunk). A part that commits batch by batch calls
+`ctx.checkpoint(...)` inside each batch's transaction: an attempt that takes the part
+over from a lost worker resumes from `ctx.resume` with the counts of what was committed.
+The job's closing step (registry.job_close) runs once every part is done.
 While the body runs, its process's heartbeat stores the counts so far (ops.runtime.heartbeat).
 """
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Callable
 
+from ops.runtime.errors import ChunkTakenOver
+from ops.runtime.ledger import chunk_checkpoint, chunk_states
 from ops.runtime.models import JobRun
 from ops.runtime.registry import Job
 
@@ -43,6 +48,10 @@ class JobContext:
     part: dict | None = None
     attempt: int = 0
     parts: list[dict] | None = None
+    # In a chunk task: the chunk's row, and where an earlier attempt's last committed batch left the
+    # part (the state given to `checkpoint`; empty on a first attempt).
+    chunk_pk: int | None = None
+    resume: dict = field(default_factory=dict)
 
     @property
     def log(self) -> logging.Logger:
@@ -77,3 +86,20 @@ class JobContext:
         if self.part is not None:
             raise ValueError("a chunk does not fan out again")
         self.parts = [dict(part) for part in parts]
+
+    def part_states(self) -> list[dict]:
+        """In the closing step: the last state each done part stored with `checkpoint` ({} for a part
+        that committed no batch), in part order: what the parts did, for the run's own account."""
+        return chunk_states(self.run.pk)
+
+    def checkpoint(self, **state) -> None:
+        """In a chunk, inside the transaction of a batch: store where the part has got to (`state`,
+        plain values) and the counts so far, with the batch. Raises ChunkTakenOver when the chunk was
+        handed to another worker meanwhile: the batch then rolls back and this attempt stops, so no row
+        is done by two attempts. Does nothing outside a chunk."""
+        if self.chunk_pk is None:
+            return
+        if not chunk_checkpoint(self.chunk_pk, self.attempt, state=state, counts=dict(self.counts)):
+            raise ChunkTakenOver(
+                f"chunk {self.chunk_pk} attempt {self.attempt} was handed to another worker; this attempt stops"
+            )

@@ -16,3 +16,8 @@ class JobError(Exception):
 
 class JobSkipped(Exception):
     """Raised by a job body that decides not to run; the reason is recorded in the ledger."""
+
+
+class ChunkTakenOver(Exception):
+    """A chunk's attempt found its chunk claimed by a newer attempt (its worker was thought lost and
+    the chunk handed over): the attempt stops, its uncommitted batch rolls back, nothing is counted."""

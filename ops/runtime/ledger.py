@@ -43,9 +43,7 @@ def run_open(job: str, *, trigger: str, dry_run: bool, params: dict, task_id: st
              requested_by: str = "") -> JobRun:
     """The row of a run starting now. Call it holding the job's lock: a row of the job still
     "running" then belongs to a process that died mid-run, and is failed first."""
-    JobRun.objects.filter(job=job, status=JobRun.Status.RUNNING).exclude(
-        chunks__status__in=OPEN_CHUNK
-    ).update(status=JobRun.Status.FAILED, finished_at=timezone.now(), error=HOLDER_DIED)
+    JobRun.objects.filter(job=job, status=JobRun.Status.RUNNING, chunks__isnull=True).update(status=JobRun.Status.FAILED, finished_at=timezone.now(), error=HOLDER_DIED)
     now = timezone.now()
     return JobRun.objects.create(
         job=job, trigger=trigger, dry_run=dry_run, params=params, status=JobRun.Status.RUNNING,
@@ -61,8 +59,9 @@ def run_close(run: JobRun) -> None:
 # --- chunks ---------------------------------------------------------------------------------------
 
 def chunks_open(job: str) -> bool:
-    """Whether a run of `job` still has chunks to do: single flight holds until its last one ends."""
-    return JobChunk.objects.filter(run__job=job, status__in=OPEN_CHUNK).exists()
+    """Whether a run of `job` that fanned out is still open (chunks to do, or its closing step):
+    single flight holds until it has closed."""
+    return JobRun.objects.filter(job=job, status=JobRun.Status.RUNNING, chunks__isnull=False).exists()
 
 
 def run_fan_out(run: JobRun, parts: list[dict]) -> list[JobChunk]:
@@ -99,10 +98,26 @@ def chunk_release(chunk: JobChunk, error: str) -> bool:
     ))
 
 
+def chunk_checkpoint(chunk_pk: int, attempt: int, *, state: dict, counts: dict) -> bool:
+    """Store how far a chunk's attempt got (inside the transaction of the batch that got it there);
+    False when the attempt no longer holds the chunk (handed to another worker)."""
+    return bool(JobChunk.objects.filter(pk=chunk_pk, status=JobChunk.Status.RUNNING, attempt=attempt).update(
+        progress={"state": state, "counts": counts}, heartbeat_at=timezone.now(),
+    ))
+
+
+def chunk_states(run_pk: int) -> list[dict]:
+    """The last stored progress state of each done chunk of a run, in chunk order (see chunk_checkpoint)."""
+    rows = JobChunk.objects.filter(run_id=run_pk, status=JobChunk.Status.DONE).order_by("index")
+    return [(progress or {}).get("state") or {} for progress in rows.values_list("progress", flat=True)]
+
+
 def chunk_finish(chunk: JobChunk, *, status: str, counts: dict, error: str = "",
-                 lost: bool = False) -> tuple[bool, JobRun | None]:
+                 lost: bool = False, closes: bool = False) -> tuple[bool, JobRun | None]:
     """End the chunk's attempt and add its counts to its run's row; the run is closed when this was
-    its last open chunk (success, or failed naming the failed chunks).
+    its last open chunk (success, or failed naming the failed chunks). With `closes` (the job has a
+    closing step) a run whose chunks all succeeded is returned still "running", its heartbeat set
+    now, for the caller to run that step and close it (`run_close_step`).
 
     Only the attempt that holds the claim ends it (a conditional UPDATE under the run's row lock):
     (False, None) tells an attempt whose chunk was handed to another worker that nothing was counted.
@@ -117,10 +132,10 @@ def chunk_finish(chunk: JobChunk, *, status: str, counts: dict, error: str = "",
         )
         if not ended:
             return False, None
-        return True, _run_settle(run, now)
+        return True, _run_settle(run, now, closes=closes)
 
 
-def _run_settle(run: JobRun, now) -> JobRun | None:
+def _run_settle(run: JobRun, now, *, closes: bool = False) -> JobRun | None:
     chunks = list(JobChunk.objects.filter(run=run).values("status", "counts", "error", "worker", "lost", "index"))
     total = Counter((run.result or {}).get("own_counts") or {})
     for chunk in chunks:
@@ -131,14 +146,19 @@ def _run_settle(run: JobRun, now) -> JobRun | None:
         run.save(update_fields=["counts"])
         return None
     failed = [chunk for chunk in chunks if chunk["status"] == JobChunk.Status.FAILED]
-    run.status = JobRun.Status.FAILED if failed else JobRun.Status.SUCCESS
-    if failed:
-        first = failed[0]
-        run.error = f"{len(failed)} of {len(chunks)} chunks failed; chunk {first['index']}: {first['error']}"[:4000]
     run.result = {
         **run.result, "chunks_failed": len(failed), "chunks_redone": sum(chunk["lost"] for chunk in chunks),
         "workers": dict(Counter(chunk["worker"] for chunk in chunks if chunk["worker"])),
     }
+    if closes and not failed:
+        # Its closing step comes next, in this process, beating for the run as it goes.
+        run.heartbeat_at = now
+        run.save(update_fields=["counts", "result", "heartbeat_at"])
+        return run
+    run.status = JobRun.Status.FAILED if failed else JobRun.Status.SUCCESS
+    if failed:
+        first = failed[0]
+        run.error = f"{len(failed)} of {len(chunks)} chunks failed; chunk {first['index']}: {first['error']}"[:4000]
     run.finished_at = now
     run.duration_ms = max(int((now - run.started_at).total_seconds() * 1000), 0)
     run_close(run)

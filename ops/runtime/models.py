@@ -60,8 +60,8 @@ class JobChunk(models.Model):
 
     The parent run stays "running" until its last chunk ends; each chunk's counts are
     added to the parent's when it ends (ops.runtime.ledger.chunk_finish). `attempt`
-    grows at every claim, and only the attempt holding the claim may end the chunk,
-    so a chunk taken over from a lost worker is counted once.
+    grows at every claim, and only the attempt holding the claim may end the chunk or
+    store its progress, so a chunk taken over from a lost worker is counted once.
     """
 
     class Status(models.TextChoices):
@@ -82,6 +82,10 @@ class JobChunk(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     counts = models.JSONField(default=dict, blank=True)
+    # How far the part got, stored in the transaction of each batch it committed (ctx.checkpoint):
+    # {"state": where to resume, "counts": what the committed batches did}. An attempt taking the
+    # chunk over resumes there and counts on from there, so a redone chunk counts every row once.
+    progress = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     # The Celery worker (its -n name) and the process of the attempt holding or last holding the chunk.
     worker = models.CharField(max_length=255, blank=True)

@@ -9,7 +9,7 @@ after-run hook. This module imports nothing of the runtime but the parameter dec
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Callable
 
@@ -44,6 +44,10 @@ class Job:
     max_chunks: int = DEFAULT_MAX_CHUNKS
     # The parameters a run may be given (see ops.runtime.params); anything else is refused.
     params: dict[str, Param] = field(default_factory=dict)
+    # For a job whose runs fan out: `close(ctx) -> dict | None`, run once all its chunks are done (with
+    # the run's summed counts in ctx.counts), or right after the body when it fanned out to no part.
+    # What it returns joins the run's result (see `job_close`).
+    close: Callable | None = None
 
     @property
     def task_name(self) -> str:
@@ -88,6 +92,22 @@ def job(
         _REGISTRY[name] = registered
         for watcher in _WATCHERS:
             watcher("registered", registered)
+        return func
+
+    return register
+
+
+def job_close(name: str):
+    """Register `func(ctx) -> dict | None` as the closing step of job `name` (registered before it):
+    what is left to do once every chunk of a run that fanned out is done, in the process that ended
+    the last one (a report of the whole run, work that must follow all parts). The run stays
+    "running", and its job in single flight, until the closing step ends."""
+
+    def register(func: Callable) -> Callable:
+        existing = get_job(name)
+        if existing.close is not None and _qualified(existing.close) != _qualified(func):
+            raise ValueError(f"job {name!r} has a closing step already")
+        _REGISTRY[name] = replace(existing, close=func)
         return func
 
     return register

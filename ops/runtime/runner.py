@@ -2,13 +2,15 @@
 
 `run_job` is what the Celery task, `runjob` and the demo call. A body that fans out
 (`ctx.fan_out`) leaves its run open; `run_chunk` (the task `ops.job_chunk`, on any
-worker) runs each part and the one that ends the last part closes the run.
+worker) runs each part and the one that ends the last part closes the run, after the
+job's closing step when it has one (`registry.job_close`).
 """
 from __future__ import annotations
 
 import logging
 import time
 import traceback as tb
+from collections import Counter
 from datetime import date
 
 from django.utils import timezone
@@ -18,7 +20,7 @@ from ops.runtime import ledger
 from ops.runtime.alerts import alerts_after_run
 from ops.runtime.context import JobContext, ProgressCallback
 from ops.runtime.dispatch import enqueue_job
-from ops.runtime.errors import JobError, JobSkipped
+from ops.runtime.errors import ChunkTakenOver, JobError, JobSkipped
 from ops.runtime.heartbeat import chunk_key, heartbeat_start, heartbeat_stop
 from ops.runtime.locks import try_acquire
 from ops.runtime.models import JobChunk, JobRun
@@ -82,6 +84,9 @@ def run_job(
             result = job.func(ctx) or {}
             if ctx.parts is not None and ctx.continuation is not None:
                 raise JobError("a run that fans out to chunks does not also ask for a follow-up")
+            if ctx.parts is not None and not (ctx.parts and not dry_run) and job.close is not None:
+                # Nothing went to chunks: the closing step follows the body at once, under the lock.
+                result = {**result, **(job.close(ctx) or {})}
             run.status = JobRun.Status.SUCCESS
             run.result = result
             if ctx.continuation is not None or ctx.chunk:
@@ -182,10 +187,15 @@ def run_chunk(chunk_pk: int, *, worker: str = "", task_id: str = "", retries_lef
     run = chunk.run
     job = get_job(run.job)
     day = run.params.get("date")
+    progress = chunk.progress or {}
     ctx = JobContext(
         job=job, run=run, trigger=run.trigger, date=date.fromisoformat(day) if day else None,
-        part=dict(chunk.params), attempt=chunk.attempt,
+        part=dict(chunk.params), attempt=chunk.attempt, chunk_pk=chunk.pk,
+        resume=dict(progress.get("state") or {}), counts=Counter(progress.get("counts") or {}),
     )
+    if ctx.resume:
+        log.info("job=%s run=%s chunk=%s attempt=%s resumes at %s with %s", job.name, run.pk, chunk.index,
+                 chunk.attempt, ctx.resume, dict(ctx.counts))
     heartbeat_start(chunk_key(chunk.pk), ctx.counts)
     try:
         ctx.params = read_params(job.name, job.params, run.params)
@@ -194,6 +204,11 @@ def run_chunk(chunk_pk: int, *, worker: str = "", task_id: str = "", retries_lef
             raise JobError("a chunk does not ask for a follow-up: its run's next scheduled turn goes on")
     except JobSkipped:
         pass  # nothing of this part was left to do
+    except ChunkTakenOver as exc:
+        # A newer attempt holds the chunk: it ends it and counts it; this one leaves it alone.
+        heartbeat_stop(chunk_key(chunk.pk))
+        log.warning("job=%s run=%s chunk=%s: %s", job.name, run.pk, chunk.index, exc)
+        return None
     except Exception as exc:
         heartbeat_stop(chunk_key(chunk.pk))
         message = f"{type(exc).__name__}: {exc}"
@@ -208,15 +223,44 @@ def run_chunk(chunk_pk: int, *, worker: str = "", task_id: str = "", retries_lef
 
 
 def _chunk_end(job: Job, chunk: JobChunk, status: str, counts: dict, error: str = "", lost: bool = False) -> None:
-    counted, closed = ledger.chunk_finish(chunk, status=status, counts=counts, error=error, lost=lost)
+    counted, closed = ledger.chunk_finish(
+        chunk, status=status, counts=counts, error=error, lost=lost, closes=job.close is not None,
+    )
     log.log(
         logging.INFO if status == JobChunk.Status.DONE else logging.ERROR,
         "job=%s run=%s chunk=%s attempt=%s status=%s %s%s", job.name, chunk.run_id, chunk.index, chunk.attempt,
         status, " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
         "" if counted else " (not counted: the chunk was handed to another attempt)",
     )
+    if closed is not None and closed.status == JobRun.Status.RUNNING:
+        _close_step(job, closed)
     if closed is not None:
         _run_closed(job, closed, JobContext(job=job, run=closed, trigger=closed.trigger))
+
+
+def _close_step(job: Job, run: JobRun) -> None:
+    """Run the closing step of a run whose chunks are all done, then close the run with its outcome."""
+    day = run.params.get("date")
+    ctx = JobContext(
+        job=job, run=run, trigger=run.trigger, date=date.fromisoformat(day) if day else None,
+        counts=Counter(run.counts),
+    )
+    heartbeat_start(run.pk, ctx.counts)
+    try:
+        ctx.params = read_params(job.name, job.params, run.params)
+        run.result = {**run.result, **(job.close(ctx) or {})}
+        run.status = JobRun.Status.SUCCESS
+    except Exception as exc:  # the ledger records it; the chunks' work stands
+        run.status = JobRun.Status.FAILED
+        run.error = f"closing step: {type(exc).__name__}: {exc}"[:4000]
+        if not isinstance(exc, JobError):
+            run.traceback = tb.format_exc()[-20000:]
+    finally:
+        heartbeat_stop(run.pk)
+    run.counts = dict(ctx.counts)
+    run.finished_at = timezone.now()
+    run.duration_ms = max(int((run.finished_at - run.started_at).total_seconds() * 1000), 0)
+    ledger.run_close(run)
 
 
 def chunk_lost(chunk: JobChunk, error: str) -> None:

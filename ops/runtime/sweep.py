@@ -9,11 +9,13 @@ scheduled work rather than a run by hand. An advisory lock frees itself: the ser
 (see ops.runtime.locks for the keepalives that bound how long that takes).
 
 Chunks of a run that fanned out are swept the same way: one whose heartbeat stopped is
-handed back (pending) and sent again for another worker to redo, until its workers were
+handed back (pending) and sent again for another worker to take over (from its last
+checkpoint, see JobContext.checkpoint), until its workers were
 lost CHUNK_MAX_LOST times, when it fails (its run closing failed once no chunk is left);
 a chunk still pending long after it was sent (its message lost with a broker, or held by a
 killed worker's prefetch) is sent again. A run waiting for its chunks has no heartbeat of
-its own and is not lost while it has chunks to do.
+its own and is not lost while it has chunks to do; once they are done, the process running its
+closing step beats for it, and a run whose closer died is failed like any other.
 """
 from __future__ import annotations
 

@@ -29,9 +29,15 @@ from payments.services.state import PAYABLE_ORDER_STATUSES, UNSETTLED, payment_a
 BATCH = 500
 
 
+def overdue_orders(now: datetime):
+    """Orders left pending past ORDER_TTL at `now`: what order_cleanup settles and closes."""
+    return Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=now - settings.ORDER_TTL)
+
+
 def order_cleanup_overdue(*, dry_run: bool = False, concurrency: int = 4, batch_size: int = BATCH,
-                          now: datetime | None = None) -> Counter:
-    """Settle orders left pending past ORDER_TTL.
+                          now: datetime | None = None, id_range: tuple[int, int] | None = None) -> Counter:
+    """Settle orders left pending past ORDER_TTL (those with after_id < id <= last_id when `id_range`
+    is given).
 
     1. Their unsettled payments are looked up at Razorpay (claimed first): an authorized
        one is refunded (never captured), a captured one makes the order paid, one that
@@ -47,10 +53,16 @@ def order_cleanup_overdue(*, dry_run: bool = False, concurrency: int = 4, batch_
     cutoff = now - settings.ORDER_TTL
     counts: Counter = Counter()
     counts.update(_settle_overdue_payments(cutoff=cutoff, now=now, concurrency=concurrency,
-                                           batch_size=batch_size, dry_run=dry_run))
-    counts.update(order_sync_payment_status(now=now, batch_size=batch_size, dry_run=dry_run))
-    counts.update(_close_overdue(cutoff=cutoff, now=now, batch_size=batch_size, dry_run=dry_run))
+                                           batch_size=batch_size, dry_run=dry_run, id_range=id_range))
+    counts.update(order_sync_payment_status(now=now, batch_size=batch_size, dry_run=dry_run, id_range=id_range))
+    counts.update(_close_overdue(cutoff=cutoff, now=now, batch_size=batch_size, dry_run=dry_run, id_range=id_range))
     return counts
+
+
+def _in_range(queryset, id_range: tuple[int, int] | None, field: str = "pk"):
+    if id_range is None:
+        return queryset
+    return queryset.filter(**{f"{field}__gt": id_range[0], f"{field}__lte": id_range[1]})
 
 
 def _release_probe(row: dict):
@@ -64,10 +76,10 @@ def _never_paid(o: Observation) -> bool:
     return not o.error and (o.payment is None or o.payment.status == PaymentStatus.CREATED)
 
 
-def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run) -> Counter:
-    overdue = Payment.objects.filter(
+def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run, id_range=None) -> Counter:
+    overdue = _in_range(Payment.objects.filter(
         status__in=UNSETTLED, order__status=OrderStatus.PENDING, order__created_at__lt=cutoff,
-    )
+    ), id_range, "order_id")
 
     def apply(observations: list[Observation], counts: Counter, token: datetime | None) -> None:
         if dry_run:
@@ -102,13 +114,14 @@ def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run) -
 
 
 def order_sync_payment_status(*, now: datetime | None = None, batch_size: int = BATCH,
-                              dry_run: bool = False) -> Counter:
+                              dry_run: bool = False, id_range: tuple[int, int] | None = None) -> Counter:
     """Orders whose status disagrees with their payments: captured → paid (announced), refunded → refunded."""
     now = now or timezone.now()
     counts: Counter = Counter()
     captured = Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.CAPTURED, mismatch="")
-    unpaid = Order.objects.filter(status__in=PAYABLE_ORDER_STATUSES).filter(Exists(captured))
-    refunded = Order.objects.filter(status=OrderStatus.PAID).filter(
+    orders = _in_range(Order.objects.all(), id_range)
+    unpaid = orders.filter(status__in=PAYABLE_ORDER_STATUSES).filter(Exists(captured))
+    refunded = orders.filter(status=OrderStatus.PAID).filter(
         Exists(Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.REFUNDED))
     ).exclude(Exists(Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.CAPTURED)))
     if dry_run:
@@ -137,14 +150,14 @@ def order_sync_payment_status(*, now: datetime | None = None, batch_size: int = 
     return counts
 
 
-def _close_overdue(*, cutoff, now, batch_size, dry_run) -> Counter:
+def _close_overdue(*, cutoff, now, batch_size, dry_run, id_range=None) -> Counter:
     counts: Counter = Counter()
     in_flight = Payment.objects.filter(
         order=OuterRef("pk"),
         status__in=(PaymentStatus.CREATED, PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED),
     )
     overdue = (
-        Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=cutoff)
+        _in_range(Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=cutoff), id_range)
         .exclude(Exists(in_flight))
         .annotate(started=Exists(Payment.objects.filter(order=OuterRef("pk"))))
     )

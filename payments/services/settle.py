@@ -139,17 +139,26 @@ def release_failed_calls(observations: Sequence[Observation], token: datetime | 
         payment_release(payment_ids=failed, token=token)
 
 
-def payment_sync_pending(
-    *, dry_run: bool = False, concurrency: int = 8, chunk_size: int = SYNC_CHUNK,
-    now: datetime | None = None, on_progress: Progress | None = None,
-) -> Counter:
-    """Reconcile payments left created/authorized longer than PAYMENT_SYNC_AFTER with Razorpay."""
-    now = now or timezone.now()
-    # A payment flagged as a mismatch waits for a human, not for the next sync; one whose capture chain
-    # may still run is the chain's (it fetches before acting): claiming it would only make the chain wait.
-    pending = Payment.objects.filter(
+def payments_to_sync(now: datetime):
+    """The payments a sync at `now` asks the gateway about: left created/authorized longer than
+    PAYMENT_SYNC_AFTER. A payment flagged as a mismatch waits for a human, not for the next sync; one
+    whose capture chain may still run is the chain's (it fetches before acting): claiming it would
+    only make the chain wait."""
+    return Payment.objects.filter(
         status__in=UNSETTLED, updated_at__lt=now - settings.PAYMENT_SYNC_AFTER, mismatch=""
     ).exclude(capture_in_flight(now))
+
+
+def payment_sync_pending(
+    *, dry_run: bool = False, concurrency: int = 8, chunk_size: int = SYNC_CHUNK,
+    now: datetime | None = None, on_progress: Progress | None = None, id_range: tuple[int, int] | None = None,
+) -> Counter:
+    """Reconcile payments left created/authorized longer than PAYMENT_SYNC_AFTER with Razorpay
+    (those with after_id < id <= last_id when `id_range` is given)."""
+    now = now or timezone.now()
+    pending = payments_to_sync(now)
+    if id_range is not None:
+        pending = pending.filter(pk__gt=id_range[0], pk__lte=id_range[1])
 
     def apply(observations: list[Observation], counts: Counter, token: datetime | None) -> None:
         if dry_run:

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 
 from checkout.redis import get_redis
 from ops.runtime import params, schedules
-from ops.runtime.registry import job
+from ops.runtime.registry import job, job_close
 from ops.runtime.context import JobContext
 from ops.runtime.errors import JobError, JobSkipped
 from ops.runtime.tasks import background_task
@@ -120,6 +120,7 @@ UNIT_TABLE = "ops_test_spread_unit"
 @job("ops_test_spread", time_limit=timedelta(minutes=2), max_retries=1, params={
     "units": params.integer(0, low=0), "per_chunk": params.integer(10, low=1),
     "hold_part": params.integer(-1, low=-1), "hold_key": params.text(), "pause_ms": params.integer(0, low=0),
+    "fail_close": params.flag(False),
 })
 def ops_test_spread(ctx: JobContext) -> dict:
     """Test-only job that fans out: units [0, units) in parts of per_chunk, each part's units written
@@ -145,3 +146,11 @@ def ops_test_spread(ctx: JobContext) -> dict:
         elif given["pause_ms"]:
             time.sleep(given["pause_ms"] / 1000)  # stands for the part's work, so parts overlap across workers
     return {}
+
+
+@job_close("ops_test_spread")
+def ops_test_spread_close(ctx: JobContext) -> dict:
+    """Its closing step: names the units the run's chunks counted, or fails when asked to."""
+    if ctx.params["fail_close"]:
+        raise JobError("the closing step was asked to fail")
+    return {"closed_with_units": ctx.counts["units"]}

@@ -75,6 +75,48 @@ def test_a_run_that_fans_out_keeps_single_flight_until_its_last_chunk_ends(celer
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_closing_step_runs_once_after_the_last_chunk_and_its_failure_fails_the_run(
+    celery_live, redis_client, unit_table,
+):
+    # given a run of two chunks, the first done
+    run = run_job("ops_test_spread", params={"units": 20, "per_chunk": 10})
+    first, last = JobChunk.objects.filter(run=run).order_by("index")
+    run_chunk(first.pk, worker="w1@hostA")
+    run.refresh_from_db()
+    assert run.status == "running" and "closed_with_units" not in run.result
+
+    # when the last one ends, its process runs the closing step with the summed counts
+    run_chunk(last.pk, worker="w2@hostB")
+    run.refresh_from_db()
+    assert run.status == "success" and run.result["closed_with_units"] == 20 and run.result["chunks"] == 2
+
+    # and a closing step that fails fails its run, with the chunks' work and counts kept
+    failing = run_job("ops_test_spread", params={"units": 10, "per_chunk": 10, "fail_close": True})
+    run_chunk(JobChunk.objects.get(run=failing).pk, worker="w1@hostA")
+    failing.refresh_from_db()
+    assert failing.status == "failed" and failing.counts == {"parts": 1, "units": 10}
+    assert failing.error == "closing step: JobError: the closing step was asked to fail"
+    assert units_done()[0] == 30  # each run's units once (both runs number theirs from 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_closer_died_holds_single_flight_until_the_sweep_fails_it(celery_live, redis_client, unit_table):
+    # given a run whose last chunk ended but whose process died before the closing step ran
+    run = run_job("ops_test_spread", params={"units": 10, "per_chunk": 10})
+    chunk = ledger.chunk_claim(JobChunk.objects.get(run=run).pk, worker="w1@hostA")
+    counted, closing = ledger.chunk_finish(chunk, status="done", counts={"units": 10}, closes=True)
+    assert counted and closing.status == "running"
+
+    # then no other run starts while it may still be closing
+    assert run_job("ops_test_spread", params={"units": 0}).error == ledger.CHUNKS_OPEN
+    # until the sweep finds its heartbeat stopped and fails it; then the job runs again
+    assert runs_sweep(now=timezone.now() + RUN_LOST_AFTER * 2)["lost"] == 1
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error.startswith("worker lost") and run.counts == {"parts": 1, "units": 10}
+    assert run_job("ops_test_spread", params={"units": 0}).status == "success"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_lost_chunk_is_handed_back_and_fails_its_run_when_lost_too_often(celery_live, redis_client, unit_table):
     # given a run of two chunks, one of them claimed by a worker that then stops beating
     run = run_job("ops_test_spread", params={"units": 20, "per_chunk": 10})

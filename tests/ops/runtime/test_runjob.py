@@ -67,6 +67,9 @@ def test_lock_held_exits_3():
         (["ops_test_job", "--date", "01/03/2026"], "invalid --date '01/03/2026': not in YYYY-MM-DD form"),
         (["ops_test_undated", "--date", "2026-03-01"], "job 'ops_test_undated' does not take --date"),
         ([], "name a job to run, or use --list"),
+        (["ops_test_spread", "--param", "units"], "--param wants NAME=VALUE, not 'units'"),
+        (["ops_test_spread", "--param", "unit=3"], "--param: unknown parameter(s) for ops_test_spread: unit"),
+        (["ops_test_spread", "--param", "units=many"], "--param: units must be an integer, not 'many'"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(args, message):
@@ -75,6 +78,17 @@ def test_usage_errors_are_one_line_with_exit_2(args, message):
     assert error.value.returncode == 2
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not JobRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_handed_to_chunks_says_so_and_exits_0(celery_live, redis_client):
+    # given chunk tasks sent to a broker no worker reads here
+    out, err = runjob("ops_test_spread", "--param", "units=30", "--param", "per_chunk=10")
+
+    run = JobRun.objects.get()
+    assert run.status == JobRun.Status.RUNNING and run.params == {"units": 30, "per_chunk": 10}
+    assert (f"ops_test_spread: run #{run.pk} handed 3 chunks to the workers; it stays running until the last "
+            "one ends") in out and err == ""
 
 
 def test_async_prints_the_task_id():

@@ -1,7 +1,8 @@
-"""Run one job now, or list the jobs: `runjob JOB [--dry-run] [--date YYYY-MM-DD] [--async]`, `runjob --list`.
+"""Run one job now, or list the jobs: `runjob JOB [--dry-run] [--date YYYY-MM-DD] [--param NAME=VALUE]...
+[--async]`, `runjob --list`.
 
-Exit status: 0 success, 1 the job failed (or could not be queued), 2 usage error,
-3 skipped because another run holds the job's lock. With the broker or Redis down, a
+Exit status: 0 success (or handed to the workers as chunks), 1 the job failed (or could
+not be queued), 2 usage error, 3 skipped because another run holds the job's lock. With the broker or Redis down, a
 run still runs (its events wait in the outbox) and one line says what is down and
 what became of the run's events and follow-ups.
 """
@@ -28,7 +29,9 @@ from checkout.commands import UsageError
 from checkout.redis import get_redis
 from checkout.timezones import local_today
 from ops.runtime import schedules
+from ops.runtime.errors import JobError
 from ops.runtime.models import JobRun, OutboxEvent
+from ops.runtime.params import read_params
 from ops.runtime.registry import UnknownJob, all_jobs, get_job
 from ops.runtime.ledger import LOCK_HELD
 from ops.runtime.runner import run_job
@@ -53,12 +56,16 @@ class Command(commands.Command):
         parser.add_argument("job", nargs="?", help="the job's name (see --list)")
         parser.add_argument("--list", dest="list_jobs", action="store_true", help="list jobs, schedules, last and next runs")
         parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+        parser.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                            help="a parameter of the job (repeatable), as a schedule's arguments give it: "
+                                 "e.g. --param chunk_rows=100000 (a JSON value, else text)")
         parser.add_argument("--date", dest="day",
                             help="the local day to work on, YYYY-MM-DD, not in the future (jobs that take one)")
         parser.add_argument("--async", dest="run_async", action="store_true",
                             help="queue the run on a worker and print the task id")
 
-    def handle(self, *args, job=None, list_jobs=False, dry_run=False, day=None, run_async=False, **options):
+    def handle(self, *args, job=None, list_jobs=False, dry_run=False, day=None, run_async=False, params=(),
+               **options):
         if list_jobs:
             if job:
                 raise UsageError("give either a job or --list, not both")
@@ -68,10 +75,11 @@ class Command(commands.Command):
             raise UsageError("name a job to run, or use --list")
         definition = self._job(job)
         day = self._day(day, definition)
+        given = self._params(params, definition)
 
         if run_async:
             try:
-                task_id = enqueue_job(job, dry_run=dry_run, day=day)
+                task_id = enqueue_job(job, dry_run=dry_run, day=day, params=given or None)
             except BrokerError as exc:
                 raise CommandError(
                     f"broker down ({_reason(exc)}): {job} was not queued; "
@@ -82,7 +90,8 @@ class Command(commands.Command):
 
         last_event = OutboxEvent.objects.aggregate(last=Max("pk"))["last"] or 0
         with _Progress(self.stdout) as progress:
-            run = run_job(job, trigger=JobRun.Trigger.MANUAL, dry_run=dry_run, day=day, on_progress=progress)
+            run = run_job(job, trigger=JobRun.Trigger.MANUAL, dry_run=dry_run, day=day, params=given,
+                          on_progress=progress)
         self._report(run)
         down = _services_down()
         if down:
@@ -100,6 +109,22 @@ class Command(commands.Command):
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"known jobs: {', '.join(names) or 'none'}"
             raise UsageError(f"unknown job {name!r}; {hint}") from None
+
+    def _params(self, raw: list[str], definition) -> dict:
+        given = {}
+        for item in raw:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise UsageError(f"--param wants NAME=VALUE, not {item!r}")
+            try:
+                given[name.strip()] = json.loads(value)
+            except ValueError:
+                given[name.strip()] = value
+        try:
+            read_params(definition.name, definition.params, given)
+        except JobError as exc:
+            raise UsageError(f"--param: {exc}") from None
+        return given
 
     def _day(self, raw: str | None, definition) -> date | None:
         if raw is None:
@@ -127,6 +152,12 @@ class Command(commands.Command):
         if run.error:
             stream = self.stderr if run.status == JobRun.Status.FAILED else self.stdout
             stream.write(f"{run.status}: {run.error}")
+        if run.status == JobRun.Status.RUNNING:
+            chunks = (run.result or {}).get("chunks", 0)
+            self.stdout.write(
+                f"{run.job}: run #{run.pk} handed {chunks} chunk{'s' if chunks != 1 else ''} to the workers; it "
+                "stays running until the last one ends (its counts and result: the admin's job runs)"
+            )
 
     def _list(self) -> None:
         local = ZoneInfo(schedules.schedule_zone())

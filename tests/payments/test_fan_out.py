@@ -1,0 +1,87 @@
+"""payment_sync and order_cleanup given chunk_rows: id ranges done as chunk tasks (in-process here), the
+same outcome and counts as one process, summed into one run, and the closing step's report and order
+statuses once (workers on three hosts: tests/payments/test_sync_across_hosts.py)."""
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from ops.runtime.models import JobChunk
+from ops.runtime.runner import run_job
+from orders.models import Enrollment, Order
+from payments.models import Payment, PaymentReport
+from tests.factories import OrderFactory, PaymentFactory
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db]
+
+OVERDUE = timedelta(hours=49)
+MIX = ("captured", "authorized", "failed", None, "captured", "authorized", "captured", "failed", None, "captured")
+
+
+@pytest.mark.parametrize("chunk_rows", [0, 3])
+def test_payment_sync_in_chunks_settles_every_payment_once_and_reports_the_whole_run(
+        chunk_rows, make_payment, fake_gateway, django_capture_on_commit_callbacks, redis_client):
+    # given ten pending payments in every state the gateway can hold, and a paid order never enrolled
+    made = [make_payment(at_gateway=status, amount=1000 + n) for n, status in enumerate(MIX)]
+    lost = OrderFactory(status="paid", paid_at=timezone.now() - timedelta(hours=1))
+
+    # when payment_sync runs, in ranges of three payments or in one process
+    with django_capture_on_commit_callbacks(execute=True):
+        run = run_job("payment_sync", params={"chunk_rows": chunk_rows})
+
+    # then both ways give the same outcome: each payment settled once, the effects re-driven once,
+    # one report of the whole run
+    chunks = JobChunk.objects.filter(run=run).count()
+    print(f"chunk_rows={chunk_rows} chunks={chunks} counts={dict(sorted(run.counts.items()))}")
+    assert run.status == "success", run.error
+    assert chunks == (4 if chunk_rows else 0)
+    assert run.counts["seen"] == 10 and run.counts["captured"] == 4 and run.counts["failed"] == 2
+    assert run.counts["capture_requested"] == 2 and run.counts["enrollments_healed"] == 1
+    statuses = Counter(Payment.objects.filter(pk__in=[p.pk for p, _ in made]).values_list("status", flat=True))
+    assert statuses == {"captured": 6, "failed": 2, "created": 2}
+    assert all(fake_gateway.captures(pay_id) == 1 for (_, pay_id), status in zip(made, MIX) if status == "authorized")
+    assert Order.objects.filter(status="paid").count() == 7 and Enrollment.objects.filter(order=lost).exists()
+    report = PaymentReport.objects.get(job_run_id=run.pk)
+    assert run.result["report_id"] == report.pk and report.sync_counts["seen"] == 10
+    # (the captures asked for run as tasks once the run's transactions commit: after its report here)
+    assert report.amounts["INR"]["captured_paise"] == sum(1000 + n for n, status in enumerate(MIX) if status == "captured")
+
+
+def test_payment_sync_with_nothing_pending_still_writes_its_report(fake_gateway, redis_client):
+    run = run_job("payment_sync", params={"chunk_rows": 100})
+    assert run.status == "success" and not JobChunk.objects.filter(run=run).exists()
+    assert PaymentReport.objects.get(job_run_id=run.pk).pk == run.result["report_id"]
+
+
+@pytest.mark.parametrize("chunk_rows", [0, 2])
+def test_order_cleanup_in_chunks_settles_and_closes_every_overdue_order_once(
+        chunk_rows, make_payment, fake_gateway, django_capture_on_commit_callbacks, redis_client):
+    # given overdue orders with an authorized payment, a payment never attempted, a captured one, an
+    # orphan; a recent order; and a paid order whose payment was refunded (no range holds it)
+    authorized = [make_payment(at_gateway="authorized", age=OVERDUE) for _ in range(3)]
+    never_tried = [make_payment(age=OVERDUE) for _ in range(2)]
+    captured, _ = make_payment(at_gateway="captured", age=OVERDUE)
+    orphan = OrderFactory(status="pending", created_at=timezone.now() - OVERDUE, user=None)
+    recent, _ = make_payment(age=timedelta(hours=1))
+    refunded = OrderFactory(status="paid", paid_at=timezone.now() - timedelta(days=3))
+    PaymentFactory(order=refunded, status="refunded", amount_paise=refunded.amount_paise,
+                   refunded_paise=refunded.amount_paise)
+
+    # when order_cleanup runs, in ranges of two orders or in one process
+    with django_capture_on_commit_callbacks(execute=True):
+        run = run_job("order_cleanup", params={"chunk_rows": chunk_rows})
+
+    # then the same outcome both ways, each order once
+    print(f"chunk_rows={chunk_rows} chunks={JobChunk.objects.filter(run=run).count()} counts={run.counts}")
+    assert run.status == "success", run.error
+    assert JobChunk.objects.filter(run=run).count() == (4 if chunk_rows else 0)
+    assert all(fake_gateway.captures(pay_id) == 0 and fake_gateway.payment(pay_id)["status"] == "refunded"
+               for _, pay_id in authorized)
+    order_status = dict(Order.objects.values_list("pk", "status"))
+    assert {order_status[p.order_id] for p, _ in authorized + never_tried} == {"expired"}
+    assert order_status[captured.order_id] == "paid" and order_status[orphan.pk] == "cancelled"
+    assert order_status[recent.order_id] == "pending" and order_status[refunded.pk] == "refunded"
+    assert run.counts["orders_expired"] == 5 and run.counts["orders_cancelled_orphaned"] == 1
+    assert run.counts["payments_refunded"] == 3 and run.counts["payments_cancelled"] == 2
+    assert run.counts["payments_orders_paid"] == 1 and run.counts["orders_marked_refunded"] == 1
