@@ -6,6 +6,7 @@ for all of them (payments.ratelimit, in Redis). payment_sync's closing step re-d
 left undone and writes the report of the whole run; order_cleanup's puts order statuses in
 line with payments outside the ranges.
 """
+from collections import Counter
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -62,13 +63,7 @@ def payment_sync(ctx: JobContext) -> dict:
     payment report."""
     _credentials()
     if ctx.part is not None:
-        # One id range of the payments found pending when the run started, with the run's clock.
-        counts = payment_sync_pending(
-            concurrency=ctx.params["concurrency"], now=datetime.fromisoformat(ctx.part["now"]),
-            id_range=(ctx.part["after_id"], ctx.part["last_id"]),
-        )
-        ctx.counts.update(counts)
-        return {}
+        return _sync_part(ctx)
     started = timezone.now()
     # Events a broker outage left unpublished go first: they are older than anything found now.
     ctx.add("outbox_relayed", 0 if ctx.dry_run else outbox_relay())
@@ -80,6 +75,31 @@ def payment_sync(ctx: JobContext) -> dict:
         dry_run=ctx.dry_run, concurrency=ctx.params["concurrency"], now=started, on_progress=ctx.progress,
     ))
     return payment_sync_close(ctx, started=started)
+
+
+def _sync_part(ctx: JobContext) -> dict:
+    """One id range of the payments found pending when the run started, with the run's clock.
+
+    Each applied chunk of answers stores the payment id reached and the counts so far with its
+    transaction: an attempt taking the range over from a lost worker starts after that id, with
+    those counts (the payments before it are settled, or released for the next run).
+    """
+    before = Counter(ctx.counts)  # what earlier attempts committed (empty on a first attempt)
+
+    def checkpoint(last_id: int, counts: Counter) -> None:
+        ctx.counts.clear()
+        ctx.counts.update(before)
+        ctx.counts.update(counts)
+        ctx.checkpoint(after_id=last_id)
+
+    counts = payment_sync_pending(
+        concurrency=ctx.params["concurrency"], now=datetime.fromisoformat(ctx.part["now"]),
+        id_range=(ctx.resume.get("after_id", ctx.part["after_id"]), ctx.part["last_id"]), checkpoint=checkpoint,
+    )
+    ctx.counts.clear()
+    ctx.counts.update(before)
+    ctx.counts.update(counts)
+    return {}
 
 
 @job_close("payment_sync")

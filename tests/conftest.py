@@ -56,6 +56,33 @@ def redis_client():
     client.flushdb()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_session_left_on_the_test_database(django_db_setup, django_db_blocker):
+    """After the session: name any connection still open on the test database (a process or thread some
+    test left behind, which could hold a job's lock), then end it so that the database can be dropped."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, application_name, backend_start, state, left(query, 160) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            left = cursor.fetchall()
+            for pid, application, since, state, query in left:
+                print(f"\nsession left on the test database: pid {pid} {application!r} since {since:%H:%M:%S} "
+                      f"{state}: {query!r}", file=sys.stderr)
+            if left:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        connection.close()
+
+
 @pytest.fixture
 def test_database_url(django_db_setup):
     """A URL for the test database, for processes started by a test."""

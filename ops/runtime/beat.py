@@ -247,8 +247,10 @@ def last_claimed(schedule: str) -> datetime | None:
     return BeatSlot.objects.filter(schedule=schedule).order_by("-slot").values_list("slot", flat=True).first()
 
 
-def slots_unconfirmed(term: int) -> list[BeatSlot]:
-    """Slots claimed to be sent in `term` whose send was never confirmed: their beat died in between."""
+def slots_unconfirmed(term: int, *, since: datetime) -> list[BeatSlot]:
+    """Slots claimed to be sent before `term` (and since `since`) whose send was never confirmed: their
+    beat died between the claim and the broker's answer, so the message may or may not exist."""
     return list(BeatSlot.objects.filter(
-        term=term, sent_at__isnull=True, outcome__in=[BeatSlot.Outcome.SENT, BeatSlot.Outcome.CAUGHT_UP],
-    ))
+        term__lt=term, claimed_at__gte=since, sent_at__isnull=True,
+        outcome__in=[BeatSlot.Outcome.SENT, BeatSlot.Outcome.CAUGHT_UP],
+    ).order_by("claimed_at"))

@@ -49,6 +49,8 @@ class JobRun(models.Model):
             models.Index(fields=["job", "-started_at"], name="jobrun_job_started_idx"),
             models.Index(fields=["started_at"], name="jobrun_started_idx"),
             models.Index(fields=["status", "job"], name="jobrun_status_job_idx"),
+            # A message's runs by its task id: redeliveries, and copies of a slot sent again (ops.runtime.tasks).
+            models.Index(fields=["task_id"], name="jobrun_task_idx", condition=~models.Q(task_id="")),
         ]
 
     def __str__(self) -> str:

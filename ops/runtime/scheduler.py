@@ -12,6 +12,9 @@ what changes is who sends, and when:
   `ops.runtime.schedules`, correct across DST; interval rows on a fixed grid),
   decided due by the database's clock, and each slot is claimed durably before
   its task is sent: one send per slot, through failovers, restarts and clock skew;
+  a slot whose beat died between its claim and the broker's confirmation is sent
+  again by the next leader under the same task id, and a worker drops a copy whose
+  task id already ran (ops.runtime.tasks): one run per slot;
 - a beat taking the lead first deals with the slots missed since each schedule's
   last claim: the last missed slot of a declared schedule runs once (trigger
   `catch_up`) if it is within the schedule's grace, and is recorded as a skipped
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # Seconds between two sweeps of lost runs by the leading beat (each is one indexed query).
 SWEEP_EVERY = 5.0
+
+# A new leader sends again the unconfirmed slots claimed this recently (older ones are left to the
+# schedule's next slot: a day covers a daily job's slot).
+UNCONFIRMED_HORIZON = timedelta(days=1)
 
 # A standby wakes this long after the lease's expiry, so that its takeover finds it expired.
 _AFTER_EXPIRY_S = 0.01
@@ -250,6 +257,28 @@ class SlotSender:
                 earliest = following
         return done, earliest
 
+    def resend_unconfirmed(self, slots: list[BeatSlot], entries: dict[str, SlotEntry]) -> int:
+        """Send again, under their own task ids, slots an earlier leader claimed but died before the broker
+        confirmed: the message may never have left it. A copy of one that did reach a worker is dropped
+        there (a job task whose id already ran does nothing), so each slot runs once."""
+        sent = 0
+        for claim in slots:
+            entry = entries.get(claim.schedule)
+            if entry is None:
+                log.error("slot %s of %s was claimed in term %s, whose beat stopped before the broker confirmed "
+                          "it; its schedule is gone, so it is not sent again (task %s)",
+                          claim.slot.isoformat(), claim.schedule, claim.term, claim.task_id)
+                continue
+            kwargs = entry.kwargs
+            if claim.outcome == BeatSlot.Outcome.CAUGHT_UP and entry.declared is not None and entry.declared.job:
+                kwargs = {**entry.kwargs, "trigger": JobRun.Trigger.CATCH_UP}
+            log.warning("slot %s of %s was claimed in term %s, whose beat stopped before the broker confirmed it: "
+                        "sent again as task %s (run once: a copy that already ran is dropped)",
+                        claim.slot.isoformat(), claim.schedule, claim.term, claim.task_id)
+            self._send(entry, claim.slot, kwargs, claim.task_id)
+            sent += 1
+        return sent
+
     def resend(self) -> None:
         """Send again what the broker refused at an earlier tick of this term."""
         unsent, self.unsent = self.unsent, []
@@ -380,13 +409,12 @@ class CatchUpScheduler(DatabaseScheduler):
             beat.Claimant(self.holder, term), since=now, stall=self.lease, app=self.app,
             producer=lambda: self.producer,
         )
-        for lost in beat.slots_unconfirmed(term - 1):
-            log.error("slot %s of %s was claimed in term %s, whose beat stopped before the broker confirmed "
-                      "it: it may not have been sent (task %s)", lost.slot.isoformat(), lost.schedule,
-                      lost.term, lost.task_id)
         # A standby's copy of the schedule may be old: read every row afresh.
         self._initial_read = True
         self._last_timestamp = None
+        unconfirmed = beat.slots_unconfirmed(term, since=now - UNCONFIRMED_HORIZON)
+        if unconfirmed:
+            self.sender.resend_unconfirmed(unconfirmed, dict(self.schedule))
         done = catch_up_missed(now, sender=self.sender, entries=list(self.schedule.values()))
         if done:
             log.warning("term %s caught up: %s", term, ", ".join(f"{d['schedule']}={d['action']}" for d in done))

@@ -184,6 +184,14 @@ def _lost_deliveries(task_id: str) -> int:
     ).count()
 
 
+def _run_of(task_id: str, *, succeeded: bool = False) -> int | None:
+    """The run a message of this task id already made (with `succeeded`, one that succeeded), if any."""
+    runs = JobRun.objects.filter(task_id=task_id)
+    if succeeded:
+        runs = runs.filter(status=JobRun.Status.SUCCESS)
+    return runs.values_list("pk", flat=True).first()
+
+
 def register_job_task(job: Job) -> None:
     """Make the Celery task `jobs.<name>` that runs the job through run_job."""
     limit = int(job.time_limit.total_seconds())
@@ -200,8 +208,17 @@ def register_job_task(job: Job) -> None:
         redelivered = bool((self.request.delivery_info or {}).get("redelivered")) and bool(self.request.id)
         try:
             lost = _lost_deliveries(self.request.id) if redelivered else 0
-        except Exception as exc:  # the count needs the database: without it the run is retried, not dropped
+            # A first delivery of a message whose task id already has a run is a copy: a slot sent again by
+            # a beat that took the lead from one which died before the broker confirmed it (ops.runtime.scheduler).
+            # A redelivery is a copy only once a run of it succeeded (its worker died before acknowledging).
+            ran = _run_of(self.request.id, succeeded=redelivered) if (
+                self.request.id and (redelivered or not self.request.retries)) else None
+        except Exception as exc:  # these need the database: without it the run is retried, not dropped
             _retry_or_bury(self, exc, base=job.backoff_base, cap=job.backoff_cap, retryable=True)
+        if ran is not None:
+            log.info("job=%s task %s ran already (run %s): this copy of its message is dropped", job.name,
+                     self.request.id, ran)
+            return {"run_id": ran, "status": "duplicate", "counts": {}}
         if lost >= MAX_LOST_DELIVERIES:
             # Poison: every delivery of this message killed its worker. Stop here, say why.
             exc = RuntimeError(f"its worker died {MAX_LOST_DELIVERIES} times running it (poison task)")

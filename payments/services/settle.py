@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Callable, Sequence
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from payments import gateway
@@ -117,9 +118,9 @@ def payments_settle(
                 for name, n in errors.items():
                     counts[f"gateway_error.{name}"] += n
                 counts["gateway_errors"] += sum(errors.values())
+                counts["seen"] += len(observations)
                 apply(observations, counts, chunk.token)
                 queued.popleft()  # applied: its claims are released (or settled) now
-                counts["seen"] += len(observations)
                 if on_progress:
                     on_progress(counts["seen"], total, label)
         except BaseException:
@@ -152,9 +153,15 @@ def payments_to_sync(now: datetime):
 def payment_sync_pending(
     *, dry_run: bool = False, concurrency: int = 8, chunk_size: int = SYNC_CHUNK,
     now: datetime | None = None, on_progress: Progress | None = None, id_range: tuple[int, int] | None = None,
+    checkpoint: Callable[[int, Counter], None] | None = None,
 ) -> Counter:
     """Reconcile payments left created/authorized longer than PAYMENT_SYNC_AFTER with Razorpay
-    (those with after_id < id <= last_id when `id_range` is given)."""
+    (those with after_id < id <= last_id when `id_range` is given).
+
+    `checkpoint(last_id, counts)` is called inside the transaction that applies each chunk of
+    answers, with the last payment id the chunk covered and the counts so far (a chunk task stores
+    its progress there: see JobContext.checkpoint).
+    """
     now = now or timezone.now()
     pending = payments_to_sync(now)
     if id_range is not None:
@@ -167,11 +174,14 @@ def payment_sync_pending(
                 if action:
                     counts[f"would_{action}"] += 1
             return
-        applied = payment_apply_observations(
-            observations=[(o.row["pk"], o.payment) for o in observations if not o.error], claim_token=token,
-        )
-        counts.update(applied.counts)
-        counts["captured_paise"] += applied.captured_paise
+        with transaction.atomic():
+            applied = payment_apply_observations(
+                observations=[(o.row["pk"], o.payment) for o in observations if not o.error], claim_token=token,
+            )
+            counts.update(applied.counts)
+            counts["captured_paise"] += applied.captured_paise
+            if checkpoint is not None:
+                checkpoint(observations[-1].row["pk"], counts)
         release_failed_calls(observations, token)
 
     return payments_settle(

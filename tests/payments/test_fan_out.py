@@ -85,3 +85,39 @@ def test_order_cleanup_in_chunks_settles_and_closes_every_overdue_order_once(
     assert run.counts["orders_expired"] == 5 and run.counts["orders_cancelled_orphaned"] == 1
     assert run.counts["payments_refunded"] == 3 and run.counts["payments_cancelled"] == 2
     assert run.counts["payments_orders_paid"] == 1 and run.counts["orders_marked_refunded"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_payment_range_taken_over_after_its_worker_died_keeps_what_was_settled_and_its_counts(
+        celery_live, make_payment, fake_gateway, redis_client):
+    from ops.runtime import ledger
+    from ops.runtime.context import JobContext
+    from ops.runtime.params import read_params
+    from ops.runtime.registry import get_job
+    from ops.runtime.runner import run_chunk
+    from ops.runtime.sweep import RUN_LOST_AFTER, runs_sweep
+    from payments.jobs import _sync_part
+
+    # given a run in one range whose first attempt settled every payment and died before ending the chunk
+    made = [make_payment(at_gateway=status, amount=1000 + n) for n, status in enumerate(MIX)]
+    run = run_job("payment_sync", params={"chunk_rows": 100})
+    chunk = JobChunk.objects.get(run=run)
+    first = ledger.chunk_claim(chunk.pk, worker="w1@hostA")
+    job = get_job("payment_sync")
+    _sync_part(JobContext(job=job, run=run, trigger=run.trigger, part=dict(first.params), attempt=1,
+                          chunk_pk=chunk.pk, params=read_params(job.name, job.params, run.params)))
+    stored = JobChunk.objects.get(pk=chunk.pk).progress
+    assert stored["state"]["after_id"] == made[-1][0].pk and stored["counts"]["seen"] == 10
+
+    # when the sweep hands it to another worker, which takes it over
+    assert runs_sweep(now=timezone.now() + RUN_LOST_AFTER * 2)["chunks_lost"] == 1
+    run_chunk(chunk.pk, worker="w2@hostB")
+
+    # then it starts after the last payment settled: nothing asked twice, every payment counted once
+    run.refresh_from_db()
+    fetches = Counter(call["id"] for call in fake_gateway.calls() if call["operation"] == "order_payments")
+    print(f"counts={run.counts} fetches={sum(fetches.values())}")
+    assert run.status == "success", run.error
+    assert run.counts["seen"] == 10 and run.counts["captured"] == 4 and run.counts["failed"] == 2
+    assert len(fetches) == 10 and set(fetches.values()) == {1}
+    assert PaymentReport.objects.get(job_run_id=run.pk).sync_counts["seen"] == 10

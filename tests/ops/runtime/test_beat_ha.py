@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
@@ -220,6 +221,35 @@ def test_a_new_leader_catches_up_within_the_grace_and_records_the_rest_as_skippe
     # and the dead leader's sender, were it to wake up, would claim nothing
     assert all(first.settle(entry(name), taken_at + timedelta(seconds=1)) is None for name in names)
     assert not BeatSlot.objects.filter(term=1, slot__gt=T0).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slots_a_dead_leader_claimed_but_never_saw_confirmed_are_sent_again_and_run_once():
+    # given a leader (term 1) that claimed two slots and died before the broker's answer was recorded:
+    # the first one's message had gone (a worker ran it), the second one's never left
+    interval_row("ops_test_undated", 3)
+    beat.lease_hold("a", None, T0, LEASE)
+    dead = beat.Claimant("a", 1)
+    went, never = str(uuid.uuid4()), str(uuid.uuid4())
+    for slot, task_id in ((T0, went), (T0 + timedelta(seconds=3), never)):
+        assert beat.slot_claim(dead, schedule="ops_test_undated", slot=slot, task="jobs.ops_test_undated",
+                               outcome="sent", now=slot, task_id=task_id)
+    app.tasks["jobs.ops_test_undated"].apply_async(kwargs={"trigger": "beat"}, task_id=went)  # runs in-process
+
+    # when the next leader (term 2) sends again what its predecessors left unconfirmed
+    taken_at = T0 + timedelta(seconds=9)
+    assert beat.lease_hold("b", None, taken_at, LEASE).term == 2
+    second = SlotSender(beat.Claimant("b", 2), since=taken_at, stall=LEASE, app=app)
+    unconfirmed = beat.slots_unconfirmed(2, since=taken_at - timedelta(days=1))
+    resent = second.resend_unconfirmed(unconfirmed, {"ops_test_undated": entry("ops_test_undated")})
+
+    # then both slots are confirmed and each ran once: the copy of the one that had run was dropped
+    runs = Counter(JobRun.objects.values_list("task_id", flat=True))
+    print(f"unconfirmed={len(unconfirmed)} resent={resent} runs by task={dict(runs)}")
+    assert [c.task_id for c in unconfirmed] == [went, never] and resent == 2
+    assert runs == {went: 1, never: 1}
+    assert not BeatSlot.objects.filter(sent_at__isnull=True).exists()
+    assert beat.slots_unconfirmed(3, since=taken_at - timedelta(days=1)) == []
 
 
 @pytest.mark.django_db
