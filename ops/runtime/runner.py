@@ -99,10 +99,7 @@ def run_job(
             run.error = str(exc)
         except Exception as exc:  # the ledger records every failure; the caller decides on retries
             error = exc
-            run.status = JobRun.Status.FAILED
-            run.error = f"{type(exc).__name__}: {exc}"[:4000]
-            if not isinstance(exc, JobError):
-                run.traceback = tb.format_exc()[-20000:]
+            _failed(run, exc)
         finally:
             heartbeat_stop(run.pk)
             run.counts = dict(ctx.counts)
@@ -124,6 +121,15 @@ def run_job(
     if error is not None and raise_errors:
         raise error
     return run
+
+
+def _failed(run: JobRun, exc: Exception, during: str = "") -> None:
+    """Mark the run failed with the exception (call it in the except block: the traceback is the current one,
+    kept unless the failure is a JobError, whose message is the whole story)."""
+    run.status = JobRun.Status.FAILED
+    run.error = f"{during}{type(exc).__name__}: {exc}"[:4000]
+    if not isinstance(exc, JobError):
+        run.traceback = tb.format_exc()[-20000:]
 
 
 def _run_closed(job: Job, run: JobRun, ctx: JobContext | None) -> None:
@@ -251,10 +257,7 @@ def _close_step(job: Job, run: JobRun) -> None:
         run.result = {**run.result, **(job.close(ctx) or {})}
         run.status = JobRun.Status.SUCCESS
     except Exception as exc:  # the ledger records it; the chunks' work stands
-        run.status = JobRun.Status.FAILED
-        run.error = f"closing step: {type(exc).__name__}: {exc}"[:4000]
-        if not isinstance(exc, JobError):
-            run.traceback = tb.format_exc()[-20000:]
+        _failed(run, exc, during="closing step: ")
     finally:
         heartbeat_stop(run.pk)
     run.counts = dict(ctx.counts)
