@@ -25,9 +25,11 @@ from analytics.selectors import (
 )
 from checkout.timezones import local_today
 
-# Days rolled up per round of queries in a backfill: bounds the memory a round holds
-# (days x internships x currencies lines) while keeping the query count per day tiny.
+# Days rolled up and written per round in a backfill: bounds the memory a round holds
+# (days x internships x currencies lines) while keeping the statements per day tiny.
 BACKFILL_CHUNK_DAYS = 31
+# Rows of per-internship lines in one INSERT: bounds a statement's size, not the round's.
+LINES_PER_STATEMENT = 2000
 TOP_INTERNSHIPS = 10
 WEEK = timedelta(days=7)
 
@@ -41,28 +43,39 @@ def _jsonable(figures: dict) -> dict:
 
 
 @transaction.atomic
-def daily_report_store(*, day: date, figures: dict, lines: list[Line]) -> DailyReport:
-    """Write the report of `day` and its per-internship lines, replacing what was there."""
-    # One upsert statement: a backfill writes many days, each in its own transaction.
-    (report,) = DailyReport.objects.bulk_create(
-        [DailyReport(date=day, computed_at=timezone.now(), **figures)],
-        update_conflicts=True, unique_fields=["date"], update_fields=[*figures, "computed_at"],
+def daily_reports_store(*, reports: list[tuple[date, dict, list[Line]]]) -> None:
+    """Write the reports of several days (day, figures, lines) and their per-internship lines,
+    replacing what was there.
+
+    The same few statements for one day or a round of a backfill: an upsert of every report, one
+    delete of their old lines and an insert of the new ones, in one transaction.
+    """
+    if not reports:
+        return
+    now = timezone.now()
+    stored = DailyReport.objects.bulk_create(
+        [DailyReport(date=day, computed_at=now, **figures) for day, figures, _ in reports],
+        update_conflicts=True, unique_fields=["date"], update_fields=[*reports[0][1], "computed_at"],
     )
-    DailyInternshipReport.objects.filter(report=report).delete()
+    DailyInternshipReport.objects.filter(report__in=stored).delete()
     DailyInternshipReport.objects.bulk_create(
-        DailyInternshipReport(
-            report=report, internship_id=item.internship_id, title=item.title, currency=item.currency,
-            **{name: getattr(item, name) for name in COUNT_FIELDS + MONEY_FIELDS},
-        )
-        for item in lines
+        (
+            DailyInternshipReport(
+                report=report, internship_id=item.internship_id, title=item.title, currency=item.currency,
+                **{name: getattr(item, name) for name in COUNT_FIELDS + MONEY_FIELDS},
+            )
+            for report, (_, _, lines) in zip(stored, reports)
+            for item in lines
+        ),
+        batch_size=LINES_PER_STATEMENT,
     )
-    return report
 
 
 def daily_reports_build(
     *, start: date, end: date, dry_run: bool = False, on_progress: Progress | None = None
 ) -> list[dict]:
-    """Build the daily reports of local days [start, end), one transaction per day.
+    """Build the daily reports of local days [start, end), BACKFILL_CHUNK_DAYS days per round: each
+    round's rollup, then its reports written in one transaction.
 
     Rerunning replaces each day's report. With dry_run the figures are computed
     and returned but nothing is written.
@@ -76,11 +89,13 @@ def daily_reports_build(
     while chunk_start < end:
         chunk_end = min(chunk_start + timedelta(days=BACKFILL_CHUNK_DAYS), end)
         tracked = tracked_by_day(chunk_start, chunk_end)
+        reports = []
         for day, lines in rollup(chunk_start, chunk_end).items():
             ordered = sorted(lines.values(), key=lambda item: (-item.revenue_paise, item.title, item.currency))
-            figures = {**totals(ordered, currency), "tracked": tracked[day]}
-            if not dry_run:
-                daily_report_store(day=day, figures=figures, lines=ordered)
+            reports.append((day, {**totals(ordered, currency), "tracked": tracked[day]}, ordered))
+        if not dry_run:
+            daily_reports_store(reports=reports)
+        for day, figures, _ in reports:
             built.append({"date": day.isoformat(), **_jsonable(figures)})
             if on_progress is not None:
                 on_progress(len(built), total_days, day.isoformat())

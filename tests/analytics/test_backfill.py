@@ -1,4 +1,4 @@
-"""backfill_analytics: a range of days, one transaction each, clear errors for bad input."""
+"""backfill_analytics: a range of days built and rebuilt, a dry run, clear errors for bad input."""
 from datetime import date, timedelta
 
 import pytest
