@@ -1,13 +1,15 @@
 """Reads of the analytics app: the checkout tables rolled up by local day, and report series.
 
 `rollup(start, end)` costs a fixed number of grouped queries whatever the number
-of rows or days: each event (order created, paid, expired, refund, enrollment,
-cart created/abandoned/converted) is counted with a range predicate on its own
-indexed timestamp and grouped by its local date in CHECKOUT_TIME_ZONE, so a day
-is 23 or 25 hours long across DST and an order paid at 00:30 local time counts
-for that local day. The zone's rules are applied to each row only in a range
-that crosses a change of its UTC offset (see `_local_date`): they cost more than
-the rest of a row's work.
+of rows or days: one scan per source table (orders, refunds, carts, enrollments)
+finds the rows with any of its events (order created, paid, expired; cart
+created, abandoned, converted) in the range by range predicates on their indexed
+timestamps, and groups them by each event's local date in CHECKOUT_TIME_ZONE,
+so a day is 23 or 25 hours long across DST and an order paid at 00:30 local time
+counts for that local day. The zone's rules are applied to each row only in a
+range that crosses a change of its UTC offset (see
+`checkout.timezones.local_date_expression`): they cost more than the rest of a
+row's work.
 
 The tracked counters (DailyCounter) are already kept by local day: announced by
 the apps as they change things, they are read as they are, one query per range.
@@ -15,17 +17,16 @@ the apps as they change things, they are read as they are, one query per range.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone as dt_timezone
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Iterable
 
 from django.conf import settings
-from django.db.models import Count, DateField, DateTimeField, ExpressionWrapper, F, OuterRef, Subquery, Sum, Value
-from django.db.models.functions import TruncDate
+from django.db.models import Count, OuterRef, Subquery, Sum
 
 from analytics.models import DailyCounter, DailyReport, WeeklyReport
 from carts.selectors import cart_counts_by_day
-from checkout.timezones import local_day_bounds, local_zone
+from checkout.timezones import by_local_days, local_days_span
 from orders.models import Enrollment, Internship, Order
 from payments.models import Payment
 
@@ -79,33 +80,9 @@ def _round_div(numerator: int, denominator: int) -> int:
     return int((Decimal(numerator) / Decimal(denominator)).quantize(Decimal(1), ROUND_HALF_UP)) if denominator else 0
 
 
-def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
-    return local_day_bounds(start)[0], local_day_bounds(end - timedelta(days=1))[1]
-
-
-def _local_date(field: str, start: date, end: date):
-    """The local date of `field` in rows already limited to local days [start, end), as cheaply as the
-    range allows: the date itself for one day; the UTC time moved by the zone's offset when that offset
-    holds over the whole range; the zone's own conversion of every row across a change of offset."""
-    days = (end - start).days
-    if days == 1:
-        return Value(start, output_field=DateField())
-    offsets = {local_day_bounds(start + timedelta(days=n))[0].utcoffset() for n in range(days + 1)}
-    if len(offsets) == 1:
-        shifted = ExpressionWrapper(F(field) + Value(offsets.pop()), output_field=DateTimeField())
-        return TruncDate(shifted, tzinfo=dt_timezone.utc)
-    return TruncDate(field, tzinfo=local_zone())
-
-
 def _by_local_day(queryset, field: str, start: date, end: date, *group: str):
     """Rows of `queryset` whose `field` falls in local days [start, end), grouped by its local date and `group`."""
-    start_at, end_at = _bounds(start, end)
-    return (
-        queryset.filter(**{f"{field}__gte": start_at, f"{field}__lt": end_at})
-        .annotate(day=_local_date(field, start, end))
-        .order_by()
-        .values("day", *group)
-    )
+    return by_local_days(queryset, (field,), start, end).values(f"{field}_day", *group)
 
 
 def rollup(start: date, end: date) -> dict[date, Lines]:
@@ -117,21 +94,21 @@ def rollup(start: date, end: date) -> dict[date, Lines]:
     def line(day: date, internship_id: int | None, currency: str) -> Line:
         return days[day].setdefault((internship_id, currency), Line(internship_id, currency))
 
-    orders = Order.objects.all()
-    for row in _by_local_day(orders, "created_at", start, end, "internship_id", "currency").annotate(
-        n=Count("id")
-    ):
-        line(row["day"], row["internship_id"], row["currency"]).orders_created += row["n"]
-    for row in _by_local_day(orders, "paid_at", start, end, "internship_id", "currency").annotate(
+    # One scan of the orders answers created, paid and expired: an order counts once for each of its
+    # dates in the range, grouped by the three local dates (None outside the range).
+    dated = by_local_days(Order.objects.all(), ("created_at", "paid_at", "expired_at"), start, end)
+    for row in dated.values("created_at_day", "paid_at_day", "expired_at_day", "internship_id", "currency").annotate(
         n=Count("id"), amount=Sum("amount_paise")
     ):
-        paid = line(row["day"], row["internship_id"], row["currency"])
-        paid.orders_paid += row["n"]
-        paid.revenue_paise += row["amount"]
-    for row in _by_local_day(orders, "expired_at", start, end, "internship_id", "currency").annotate(
-        n=Count("id")
-    ):
-        line(row["day"], row["internship_id"], row["currency"]).orders_expired += row["n"]
+        key = row["internship_id"], row["currency"]
+        if row["created_at_day"]:
+            line(row["created_at_day"], *key).orders_created += row["n"]
+        if row["paid_at_day"]:
+            paid = line(row["paid_at_day"], *key)
+            paid.orders_paid += row["n"]
+            paid.revenue_paise += row["amount"]
+        if row["expired_at_day"]:
+            line(row["expired_at_day"], *key).orders_expired += row["n"]
     # Refunds are dated by the payment that returned the money (partial refunds included). Each one's
     # internship is looked up by its order's key: a join would let the planner read every order.
     internship_of_order = Order.objects.filter(pk=OuterRef("order_id")).order_by().values("internship_id")[:1]
@@ -139,7 +116,7 @@ def rollup(start: date, end: date) -> dict[date, Lines]:
     for row in _by_local_day(refunds, "refunded_at", start, end, "order_internship_id", "currency").annotate(
         amount=Sum("refunded_paise")
     ):
-        line(row["day"], row["order_internship_id"], row["currency"]).refunds_paise += row["amount"]
+        line(row["refunded_at_day"], row["order_internship_id"], row["currency"]).refunds_paise += row["amount"]
 
     # Carts and enrollments carry no currency: they go on their internship's currency line.
     per_internship: dict[date, dict[int | None, dict[str, int]]] = {
@@ -148,7 +125,7 @@ def rollup(start: date, end: date) -> dict[date, Lines]:
     for row in _by_local_day(Enrollment.objects.all(), "created_at", start, end, "internship_id").annotate(
         n=Count("id")
     ):
-        counts = per_internship.setdefault(row["day"], {}).setdefault(row["internship_id"], {})
+        counts = per_internship.setdefault(row["created_at_day"], {}).setdefault(row["internship_id"], {})
         counts["enrollments"] = counts.get("enrollments", 0) + row["n"]
 
     ids = {key[0] for lines in days.values() for key in lines} | {
@@ -247,7 +224,7 @@ def totals(lines: Iterable[Line], currency: str) -> dict:
 def buyers(start: date, end: date) -> tuple[int, int]:
     """(buyers, repeat buyers) of local days [start, end): distinct users with an order paid then,
     and those of them with at least two paid orders by the end (earlier purchases included)."""
-    start_at, end_at = _bounds(start, end)
+    start_at, end_at = local_days_span(start, end)
     paid_then = Order.objects.filter(paid_at__gte=start_at, paid_at__lt=end_at, user_id__isnull=False).order_by()
     count = paid_then.aggregate(n=Count("user_id", distinct=True))["n"]
     repeat = (
