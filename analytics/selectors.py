@@ -8,7 +8,7 @@ timestamps, and groups them by each event's local date in CHECKOUT_TIME_ZONE,
 so a day is 23 or 25 hours long across DST and an order paid at 00:30 local time
 counts for that local day. The zone's rules are applied to each row only in a
 range that crosses a change of its UTC offset (see
-`checkout.timezones.local_date_expression`): they cost more than the rest of a
+`checkout.rollups`): they cost more than the rest of a
 row's work.
 
 The tracked counters (DailyCounter) are already kept by local day: announced by
@@ -26,7 +26,8 @@ from django.db.models import Count, OuterRef, Subquery, Sum
 
 from analytics.models import DailyCounter, DailyReport, WeeklyReport
 from carts.selectors import cart_counts_by_day
-from checkout.timezones import by_local_days, local_days_span
+from checkout.rollups import events_by_local_day
+from checkout.timezones import local_days_span
 from orders.models import Enrollment, Internship, Order
 from payments.models import Payment
 
@@ -80,11 +81,6 @@ def _round_div(numerator: int, denominator: int) -> int:
     return int((Decimal(numerator) / Decimal(denominator)).quantize(Decimal(1), ROUND_HALF_UP)) if denominator else 0
 
 
-def _by_local_day(queryset, field: str, start: date, end: date, *group: str):
-    """Rows of `queryset` whose `field` falls in local days [start, end), grouped by its local date and `group`."""
-    return by_local_days(queryset, (field,), start, end).values(f"{field}_day", *group)
-
-
 def rollup(start: date, end: date) -> dict[date, Lines]:
     """Every local day in [start, end) with its figures per (internship, currency)."""
     if end <= start:
@@ -95,38 +91,39 @@ def rollup(start: date, end: date) -> dict[date, Lines]:
         return days[day].setdefault((internship_id, currency), Line(internship_id, currency))
 
     # One scan of the orders answers created, paid and expired: an order counts once for each of its
-    # dates in the range, grouped by the three local dates (None outside the range).
-    dated = by_local_days(Order.objects.all(), ("created_at", "paid_at", "expired_at"), start, end)
-    for row in dated.values("created_at_day", "paid_at_day", "expired_at_day", "internship_id", "currency").annotate(
-        n=Count("id"), amount=Sum("amount_paise")
-    ):
-        key = row["internship_id"], row["currency"]
-        if row["created_at_day"]:
-            line(row["created_at_day"], *key).orders_created += row["n"]
-        if row["paid_at_day"]:
-            paid = line(row["paid_at_day"], *key)
-            paid.orders_paid += row["n"]
-            paid.revenue_paise += row["amount"]
-        if row["expired_at_day"]:
-            line(row["expired_at_day"], *key).orders_expired += row["n"]
+    # events in the range, on that event's local day.
+    orders = events_by_local_day(
+        Order.objects.all(), {"created": "created_at", "paid": "paid_at", "expired": "expired_at"}, start, end,
+        group=("internship_id", "currency"), amounts={"paid": "amount_paise"},
+    )
+    for day, event, key, n, amount in orders:
+        target = line(day, *key)
+        if event == "created":
+            target.orders_created += n
+        elif event == "paid":
+            target.orders_paid += n
+            target.revenue_paise += amount
+        else:
+            target.orders_expired += n
     # Refunds are dated by the payment that returned the money (partial refunds included). Each one's
     # internship is looked up by its order's key: a join would let the planner read every order.
     internship_of_order = Order.objects.filter(pk=OuterRef("order_id")).order_by().values("internship_id")[:1]
     refunds = Payment.objects.filter(refunded_paise__gt=0).annotate(order_internship_id=Subquery(internship_of_order))
-    for row in _by_local_day(refunds, "refunded_at", start, end, "order_internship_id", "currency").annotate(
-        amount=Sum("refunded_paise")
+    for day, _, key, _, amount in events_by_local_day(
+        refunds, {"refunded": "refunded_at"}, start, end, group=("order_internship_id", "currency"),
+        amounts={"refunded": "refunded_paise"},
     ):
-        line(row["refunded_at_day"], row["order_internship_id"], row["currency"]).refunds_paise += row["amount"]
+        line(day, *key).refunds_paise += amount
 
     # Carts and enrollments carry no currency: they go on their internship's currency line.
     per_internship: dict[date, dict[int | None, dict[str, int]]] = {
         day: dict(counts) for day, counts in cart_counts_by_day(start, end).items()
     }
-    for row in _by_local_day(Enrollment.objects.all(), "created_at", start, end, "internship_id").annotate(
-        n=Count("id")
+    for day, _, (internship_id,), n, _ in events_by_local_day(
+        Enrollment.objects.all(), {"created": "created_at"}, start, end, group=("internship_id",)
     ):
-        counts = per_internship.setdefault(row["created_at_day"], {}).setdefault(row["internship_id"], {})
-        counts["enrollments"] = counts.get("enrollments", 0) + row["n"]
+        counts = per_internship.setdefault(day, {}).setdefault(internship_id, {})
+        counts["enrollments"] = counts.get("enrollments", 0) + n
 
     ids = {key[0] for lines in days.values() for key in lines} | {
         internship_id for counts in per_internship.values() for internship_id in counts

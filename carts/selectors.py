@@ -4,10 +4,9 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 from django.db import connection
-from django.db.models import Count
 
 from carts.models import Cart, CartDayTally, CartSnapshot, CartStatus, PendingCacheDelete
-from checkout.timezones import by_local_days
+from checkout.rollups import events_by_local_day
 from orders.models import Order
 
 COUNT_KEYS = ("created", "abandoned", "converted")
@@ -126,17 +125,12 @@ def cart_counts_by_day(start: date, end: date) -> dict[date, dict[int | None, di
         counts = result[day].setdefault(internship_id, dict.fromkeys(COUNT_KEYS, 0))
         counts[key] += n
 
-    # One scan answers the three events: a cart counts once for each of its dates in the range.
-    fields = {"created": "created_at", "abandoned": "abandoned_at", "converted": "converted_at"}
-    days = tuple(f"{column}_day" for column in fields.values())
-    rows = (
-        by_local_days(Cart.objects.all(), tuple(fields.values()), start, end)
-        .order_by().values_list(*days, "internship_id").annotate(n=Count("id"))
-    )
-    for *dated, internship_id, n in rows:
-        for key, day in zip(fields, dated):
-            if day:
-                add(day, internship_id, key, n)
+    # One scan answers the three events: a cart counts once for each of its events in the range.
+    for day, event, (internship_id,), n, _ in events_by_local_day(
+        Cart.objects.all(), {"created": "created_at", "abandoned": "abandoned_at", "converted": "converted_at"},
+        start, end, group=("internship_id",),
+    ):
+        add(day, internship_id, event, n)
     tallies = CartDayTally.objects.filter(day__gte=start, day__lt=end).values_list(
         "day", "internship_id", "created_deleted", "abandoned_deleted"
     )
