@@ -111,7 +111,8 @@ def cart_counts_by_day(start: date, end: date) -> dict[date, dict[int | None, di
     shrink when cart_cleanup removes its carts. Every day of the range is a key;
     an internship appears under a day when it has a non-zero count, with all
     three keys. The internship key is None for tallies whose internship was
-    since removed. Four grouped queries, whatever the range.
+    since removed. Two queries, whatever the range: one scan of the
+    carts for the three events (checkout.rollups), one of the tallies.
     """
     if start > end:
         raise ValueError(f"start {start} is after end {end}")
