@@ -4,7 +4,8 @@ Given `chunk_rows`, payment_sync and order_cleanup split their work into id rang
 orders) handed to chunk tasks that workers on any host take; the gateway's rate limit is one
 for all of them (payments.ratelimit, in Redis). payment_sync's closing step re-drives what is
 left undone and writes the report of the whole run; order_cleanup's puts order statuses in
-line with payments outside the ranges.
+line with payments outside the ranges. Both store their progress with every transaction of a range,
+so a range taken over from a lost worker goes on from there with the counts already committed.
 """
 from collections import Counter
 from datetime import datetime, timedelta
@@ -20,7 +21,9 @@ from ops.runtime.batches import id_ranges
 from ops.runtime.registry import job, job_close
 from orders.services import effects_redrive
 from payments.health import gateway_health_record, webhooks_check
-from payments.services.order_cleanup import BATCH, order_cleanup_overdue, order_sync_payment_status, overdue_orders
+from payments.services.order_cleanup import (
+    BATCH, PHASES, order_cleanup_overdue, order_sync_payment_status, overdue_orders,
+)
 from payments.services.refunds import refunds_redrive
 from payments.services.reports import payment_report_write
 from payments.services.settle import payment_sync_pending, payments_to_sync
@@ -127,12 +130,7 @@ def order_cleanup(ctx: JobContext) -> dict:
     """Orders pending past ORDER_TTL: release their payments, expire them (email once), close orphans."""
     options = ctx.params
     if ctx.part is not None:
-        # One id range of the orders found overdue when the run started, with the run's clock.
-        ctx.counts.update(order_cleanup_overdue(
-            concurrency=options["concurrency"], batch_size=options["batch_size"],
-            now=datetime.fromisoformat(ctx.part["now"]), id_range=(ctx.part["after_id"], ctx.part["last_id"]),
-        ))
-        return {}
+        return _cleanup_part(ctx)
     now = timezone.now()
     if options["chunk_rows"] and not ctx.dry_run:
         ranges = id_ranges(overdue_orders(now), options["chunk_rows"])
@@ -144,6 +142,32 @@ def order_cleanup(ctx: JobContext) -> dict:
     for key, n in counts.items():
         ctx.add(key, n)
     return {"dry_run": ctx.dry_run, **counts}
+
+
+def _cleanup_part(ctx: JobContext) -> dict:
+    """One id range of the orders found overdue when the run started, with the run's clock.
+
+    Every transaction that commits work stores the step reached and the counts so far with it: an
+    attempt taking the range over from a lost worker starts at that step, with those counts (each step
+    finds only what is still to do, so what the lost attempt committed is neither redone nor uncounted).
+    """
+    before = Counter(ctx.counts)  # what earlier attempts committed (empty on a first attempt)
+
+    def counted(counts: Counter) -> None:
+        ctx.counts.clear()
+        ctx.counts.update(before)
+        ctx.counts.update(counts)
+
+    def checkpoint(phase: str, counts: Counter) -> None:
+        counted(counts)
+        ctx.checkpoint(phase=phase)
+
+    counted(order_cleanup_overdue(
+        concurrency=ctx.params["concurrency"], batch_size=ctx.params["batch_size"],
+        now=datetime.fromisoformat(ctx.part["now"]), id_range=(ctx.part["after_id"], ctx.part["last_id"]),
+        checkpoint=checkpoint, start_phase=ctx.resume.get("phase", PHASES[0]),
+    ))
+    return {}
 
 
 @job_close("order_cleanup")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from typing import Callable
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +28,10 @@ from payments.services.capture import refund_authorized
 from payments.services.state import PAYABLE_ORDER_STATUSES, UNSETTLED, payment_apply_observations
 
 BATCH = 500
+# The steps of a range, in order (a part taken over from a lost worker starts at the step it had reached).
+PHASES = ("settle", "statuses", "close")
+# Called inside each transaction that commits work, with the counts so far including that transaction's.
+Mark = Callable[[Counter], None]
 
 
 def overdue_orders(now: datetime):
@@ -35,7 +40,9 @@ def overdue_orders(now: datetime):
 
 
 def order_cleanup_overdue(*, dry_run: bool = False, concurrency: int = 4, batch_size: int = BATCH,
-                          now: datetime | None = None, id_range: tuple[int, int] | None = None) -> Counter:
+                          now: datetime | None = None, id_range: tuple[int, int] | None = None,
+                          checkpoint: Callable[[str, Counter], None] | None = None,
+                          start_phase: str = PHASES[0]) -> Counter:
     """Settle orders left pending past ORDER_TTL (those with after_id < id <= last_id when `id_range`
     is given).
 
@@ -48,14 +55,39 @@ def order_cleanup_overdue(*, dry_run: bool = False, concurrency: int = 4, batch_
        no user, no internship, or no payment ever started is `cancelled` without an
        email (there is no one to tell, or nothing they began to pay); every other one
        is `expired` and its buyer gets the expiration email once.
+
+    `checkpoint(phase, counts)` is called inside every transaction that commits work, with the step
+    (one of PHASES) and the counts so far including that transaction's: a chunk stores them there.
+    `start_phase` skips the steps before it (a range taken over where its lost attempt had got to;
+    each step only finds what is still to do, so a step begun again does nothing twice).
     """
+    if start_phase not in PHASES:
+        raise ValueError(f"unknown order_cleanup step {start_phase!r}: one of {', '.join(PHASES)}")
     now = now or timezone.now()
     cutoff = now - settings.ORDER_TTL
     counts: Counter = Counter()
-    counts.update(_settle_overdue_payments(cutoff=cutoff, now=now, concurrency=concurrency,
-                                           batch_size=batch_size, dry_run=dry_run, id_range=id_range))
-    counts.update(order_sync_payment_status(now=now, batch_size=batch_size, dry_run=dry_run, id_range=id_range))
-    counts.update(_close_overdue(cutoff=cutoff, now=now, batch_size=batch_size, dry_run=dry_run, id_range=id_range))
+
+    def marker(phase: str) -> Mark | None:
+        if checkpoint is None:
+            return None
+
+        def mark(so_far: Counter) -> None:
+            total = Counter(counts)
+            total.update(so_far)
+            checkpoint(phase, total)
+        return mark
+
+    steps = {
+        "settle": lambda mark: _settle_overdue_payments(
+            cutoff=cutoff, now=now, concurrency=concurrency, batch_size=batch_size, dry_run=dry_run,
+            id_range=id_range, mark=mark),
+        "statuses": lambda mark: order_sync_payment_status(
+            now=now, batch_size=batch_size, dry_run=dry_run, id_range=id_range, mark=mark),
+        "close": lambda mark: _close_overdue(
+            cutoff=cutoff, now=now, batch_size=batch_size, dry_run=dry_run, id_range=id_range, mark=mark),
+    }
+    for phase in PHASES[PHASES.index(start_phase):]:
+        counts.update(steps[phase](marker(phase)))
     return counts
 
 
@@ -76,7 +108,13 @@ def _never_paid(o: Observation) -> bool:
     return not o.error and (o.payment is None or o.payment.status == PaymentStatus.CREATED)
 
 
-def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run, id_range=None) -> Counter:
+def _reported(settle_counts: Counter) -> Counter:
+    """The settle loop's tallies under the names order_cleanup reports (its own bookkeeping left out)."""
+    return Counter({k: v for k, v in settle_counts.items() if k != "seen" and not k.startswith("gateway_error.")})
+
+
+def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run, id_range=None,
+                             mark: Mark | None = None) -> Counter:
     overdue = _in_range(Payment.objects.filter(
         status__in=UNSETTLED, order__status=OrderStatus.PENDING, order__created_at__lt=cutoff,
     ), id_range, "order_id")
@@ -98,24 +136,27 @@ def _settle_overdue_payments(*, cutoff, now, concurrency, batch_size, dry_run, i
             cancelled = Payment.objects.filter(pk__in=never_paid, status=PaymentStatus.CREATED).update(
                 status=PaymentStatus.CANCELLED, updated_at=now, claimed_until=None
             )
-        counts.update({f"payments_{k}": v for k, v in applied.counts.items()})
-        counts["payments_cancelled"] += cancelled
+            done = Counter({f"payments_{k}": v for k, v in applied.counts.items()})
+            done["payments_cancelled"] += cancelled
+            if mark is not None:
+                so_far = _reported(counts)
+                so_far.update(done)
+                mark(so_far)
+        counts.update(done)
         release_failed_calls(observations, token)
 
     counts = payments_settle(
         overdue, probe=probe_order_payments if dry_run else _release_probe, apply=apply, dry_run=dry_run,
         concurrency=concurrency, chunk_size=batch_size, label="overdue-orders",
     )
-    # The settle loop's own tallies, kept under the names order_cleanup has always reported.
-    counts.pop("seen", None)
-    for key in [k for k in counts if k.startswith("gateway_error.")]:
-        counts.pop(key)
-    return counts
+    return _reported(counts)
 
 
 def order_sync_payment_status(*, now: datetime | None = None, batch_size: int = BATCH,
-                              dry_run: bool = False, id_range: tuple[int, int] | None = None) -> Counter:
-    """Orders whose status disagrees with their payments: captured → paid (announced), refunded → refunded."""
+                              dry_run: bool = False, id_range: tuple[int, int] | None = None,
+                              mark: Mark | None = None) -> Counter:
+    """Orders whose status disagrees with their payments: captured → paid (announced), refunded → refunded.
+    `mark(counts so far)` is called inside each batch's transaction."""
     now = now or timezone.now()
     counts: Counter = Counter()
     captured = Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.CAPTURED, mismatch="")
@@ -137,20 +178,24 @@ def order_sync_payment_status(*, now: datetime | None = None, batch_size: int = 
             paid_at=Coalesce(Subquery(captured.order_by("captured_at").values("captured_at")[:1]), now),
         )
         outbox_add_many(("order.paid", {"order_id": pk}, f"order.paid:{pk}") for pk in ids)
+        counts["orders_marked_paid"] += len(ids)
         return Batch(len(ids), ids[-1] if ids else None, more=len(ids) == batch_size)
 
     def mark_refunded(after_id: int) -> Batch:
         ids = list(refunded.filter(pk__gt=after_id).select_for_update(skip_locked=True, of=("self",))
                    .order_by("pk").values_list("pk", flat=True)[:batch_size])
         Order.objects.filter(pk__in=ids).update(status=OrderStatus.REFUNDED, refunded_at=now, updated_at=now)
+        counts["orders_marked_refunded"] += len(ids)
         return Batch(len(ids), ids[-1] if ids else None, more=len(ids) == batch_size)
 
-    counts["orders_marked_paid"] = run_batches(mark_paid).rows
-    counts["orders_marked_refunded"] = run_batches(mark_refunded).rows
+    counts.update(orders_marked_paid=0, orders_marked_refunded=0)
+    stored = None if mark is None else (lambda _: mark(counts))
+    run_batches(mark_paid, checkpoint=stored)
+    run_batches(mark_refunded, checkpoint=stored)
     return counts
 
 
-def _close_overdue(*, cutoff, now, batch_size, dry_run, id_range=None) -> Counter:
+def _close_overdue(*, cutoff, now, batch_size, dry_run, id_range=None, mark: Mark | None = None) -> Counter:
     counts: Counter = Counter()
     in_flight = Payment.objects.filter(
         order=OuterRef("pk"),
@@ -192,5 +237,5 @@ def _close_overdue(*, cutoff, now, batch_size, dry_run, id_range=None) -> Counte
         counts["orders_expired"] += len(expired)
         return Batch(len(batch), batch[-1]["pk"] if batch else None, more=len(batch) == batch_size)
 
-    run_batches(close)
+    run_batches(close, checkpoint=None if mark is None else (lambda _: mark(counts)))
     return counts

@@ -121,3 +121,69 @@ def test_a_payment_range_taken_over_after_its_worker_died_keeps_what_was_settled
     assert run.counts["seen"] == 10 and run.counts["captured"] == 4 and run.counts["failed"] == 2
     assert len(fetches) == 10 and set(fetches.values()) == {1}
     assert PaymentReport.objects.get(job_run_id=run.pk).sync_counts["seen"] == 10
+
+
+class WorkerKilled(BaseException):
+    """The process of a worker ending mid-transaction (what kill -9 does to the batch in flight)."""
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("commits", [2, 4, 7])
+def test_an_order_range_taken_over_after_its_worker_died_counts_each_order_once(
+        commits, celery_live, make_payment, fake_gateway, redis_client):
+    from dataclasses import dataclass
+
+    from ops.runtime import ledger
+    from ops.runtime.context import JobContext
+    from ops.runtime.models import OutboxEvent
+    from ops.runtime.params import read_params
+    from ops.runtime.registry import get_job
+    from ops.runtime.runner import run_chunk
+    from ops.runtime.sweep import RUN_LOST_AFTER, runs_sweep
+    from payments.jobs import _cleanup_part
+
+    @dataclass
+    class DiesAfterCommits(JobContext):
+        left: int = 0
+
+        def checkpoint(self, **state) -> None:
+            if not self.left:
+                raise WorkerKilled(f"killed in the transaction after {commits} commits")
+            super().checkpoint(**state)
+            self.left -= 1
+
+    # given overdue orders in one range, done one order a transaction, whose first attempt dies after
+    # `commits` transactions committed (in the payments' step, the order statuses' step, or the closing)
+    authorized = [make_payment(at_gateway="authorized", age=OVERDUE) for _ in range(3)]
+    never_tried = [make_payment(age=OVERDUE) for _ in range(2)]
+    captured, _ = make_payment(at_gateway="captured", age=OVERDUE)
+    orphan = OrderFactory(status="pending", created_at=timezone.now() - OVERDUE, user=None)
+    run = run_job("order_cleanup", params={"chunk_rows": 100, "batch_size": 1, "concurrency": 1})
+    chunk = JobChunk.objects.get(run=run)
+    first = ledger.chunk_claim(chunk.pk, worker="w1@hostA")
+    job = get_job("order_cleanup")
+    with pytest.raises(WorkerKilled):
+        _cleanup_part(DiesAfterCommits(
+            job=job, run=run, trigger=run.trigger, part=dict(first.params), attempt=1, chunk_pk=chunk.pk,
+            params=read_params(job.name, job.params, run.params), left=commits,
+        ))
+    stored = JobChunk.objects.get(pk=chunk.pk).progress
+
+    # when the sweep hands the range to another worker, which takes it over
+    assert runs_sweep(now=timezone.now() + RUN_LOST_AFTER * 2)["chunks_lost"] == 1
+    run_chunk(chunk.pk, worker="w2@hostB")
+
+    # then the run's counts are those of one pass: the lost attempt's committed work counted once,
+    # nothing redone (one refund at the gateway per authorized payment, one expiry email per order)
+    run.refresh_from_db()
+    refunds = Counter(refund["payment_id"] for refund in fake_gateway.refunds())
+    expiries = OutboxEvent.objects.filter(topic="order.expired").values_list("key", flat=True)
+    print(f"died after {commits} commits at {stored['state']}; counts={dict(sorted(run.counts.items()))}")
+    assert run.status == "success", run.error
+    assert run.counts["payments_refunded"] == 3 and run.counts["payments_cancelled"] == 2
+    assert run.counts["payments_orders_paid"] == 1
+    assert run.counts["orders_expired"] == 5 and run.counts["orders_cancelled_orphaned"] == 1
+    assert refunds == {pay_id: 1 for _, pay_id in authorized}
+    assert sorted(expiries) == sorted(f"order.expired:{p.order_id}" for p, _ in authorized + never_tried)
+    order_status = dict(Order.objects.values_list("pk", "status"))
+    assert order_status[captured.order_id] == "paid" and order_status[orphan.pk] == "cancelled"
