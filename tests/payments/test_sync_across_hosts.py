@@ -48,8 +48,10 @@ def test_payment_sync_spreads_over_three_hosts_under_one_rate_limit_and_settles_
     run = wait_for(lambda: JobRun.objects.filter(job="payment_sync").exclude(status="running").first(),
                    timeout=120, what="the run closed")
     authorized = [pay_id for (_, pay_id), n in zip(made, range(PAYMENTS)) if MIX[n % len(MIX)] == "authorized"]
-    wait_for(lambda: all(fake_gateway.captures(pay_id) for pay_id in authorized), timeout=60,
-             what="the captures asked for")
+    # a capture is recorded after the gateway answers it: wait for both, not for the gateway's side alone
+    wait_for(lambda: all(fake_gateway.captures(pay_id) for pay_id in authorized)
+             and not Payment.objects.filter(status="authorized").exists(), timeout=60,
+             what="the captures asked for and recorded")
     elapsed = time.monotonic() - started
 
     # then the work spread over the hosts and every payment was settled once
