@@ -286,7 +286,8 @@ class BeatLeaseAdmin(ReadOnlyAdmin):
 @admin.register(BeatSlot)
 class BeatSlotAdmin(ReadOnlyAdmin):
     """Which beat sent each slot, or why it did not; an empty "sent at" on a sent slot is one the
-    broker never confirmed (its beat died between the claim and the send)."""
+    broker never confirmed (its beat died between the claim and the send), and the reason of one the
+    next leader sent again names that leader."""
 
     list_display = ("schedule", "slot", "outcome", "superseded", "term", "holder", "claimed_at", "sent_at",
                     "short_reason")

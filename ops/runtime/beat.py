@@ -237,9 +237,11 @@ def slot_claim(
         return cursor.rowcount == 1
 
 
-def slot_sent(schedule: str, slot: datetime) -> None:
-    """Note that the broker took the slot's message (at the database's time)."""
-    BeatSlot.objects.filter(schedule=schedule, slot=slot, sent_at__isnull=True).update(sent_at=Now())
+def slot_sent(schedule: str, slot: datetime, *, note: str = "") -> None:
+    """Note that the broker took the slot's message (at the database's time), and `note` as the
+    slot's reason when there is one (a slot sent again by a later leader says so)."""
+    changes = {"sent_at": Now(), **({"reason": note} if note else {})}
+    BeatSlot.objects.filter(schedule=schedule, slot=slot, sent_at__isnull=True).update(**changes)
 
 
 def last_claimed(schedule: str) -> datetime | None:

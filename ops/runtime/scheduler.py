@@ -144,7 +144,8 @@ class SlotSender:
         self.cursors: dict[str, datetime] = {}
         self._upcoming: dict[str, tuple[object, datetime, datetime | None]] = {}
         # Claimed but refused by the broker: sent again at the next tick while the term lasts.
-        self.unsent: list[tuple[SlotEntry, datetime, dict, str]] = []
+        # (entry, slot, kwargs, task id, note for the slot's row once the broker takes it)
+        self.unsent: list[tuple[SlotEntry, datetime, dict, str, str]] = []
 
     def cursor(self, entry: SlotEntry, *, history_only: bool = False) -> datetime | None:
         """Where the entry's slots are counted from: its last claimed slot, else its row's last run.
@@ -275,24 +276,26 @@ class SlotSender:
             log.warning("slot %s of %s was claimed in term %s, whose beat stopped before the broker confirmed it: "
                         "sent again as task %s (run once: a copy that already ran is dropped)",
                         claim.slot.isoformat(), claim.schedule, claim.term, claim.task_id)
-            self._send(entry, claim.slot, kwargs, claim.task_id)
+            self._send(entry, claim.slot, kwargs, claim.task_id,
+                       note=f"sent again in term {self.claimant.term} by {self.claimant.holder}: the beat that "
+                            f"claimed it in term {claim.term} stopped before the broker confirmed it")
             sent += 1
         return sent
 
     def resend(self) -> None:
         """Send again what the broker refused at an earlier tick of this term."""
         unsent, self.unsent = self.unsent, []
-        for entry, slot, kwargs, task_id in unsent:
-            self._send(entry, slot, kwargs, task_id)
+        for entry, slot, kwargs, task_id, note in unsent:
+            self._send(entry, slot, kwargs, task_id, note=note)
 
-    def _send(self, entry: SlotEntry, slot: datetime, kwargs: dict, task_id: str) -> None:
+    def _send(self, entry: SlotEntry, slot: datetime, kwargs: dict, task_id: str, *, note: str = "") -> None:
         try:
             publish(self.app, entry, kwargs, task_id, producer=self.producer())
         except Exception:  # the broker may be down: the claim stays ours, and is sent at the next tick
             log.exception("could not send slot %s of %s (task %s); trying again", slot.isoformat(), entry.name, task_id)
-            self.unsent.append((entry, slot, kwargs, task_id))
+            self.unsent.append((entry, slot, kwargs, task_id, note))
             return
-        beat.slot_sent(entry.name, slot)
+        beat.slot_sent(entry.name, slot, note=note)
 
     def _retire(self, entry: SlotEntry, why: str) -> None:
         # As the stock scheduler does; the change makes every beat reload its schedule.
@@ -422,7 +425,7 @@ class CatchUpScheduler(DatabaseScheduler):
     def _lost(self, term: int) -> None:
         log.warning("beat %s lost the lead (term %s) to %s (term %s); sending nothing",
                     self.holder, term, self.lead.holder, self.lead.term)
-        for entry, slot, _, task_id in self.sender.unsent if self.sender else ():
+        for entry, slot, _, task_id, _ in self.sender.unsent if self.sender else ():
             log.error("slot %s of %s was claimed but never sent (task %s)", slot.isoformat(), entry.name, task_id)
         self.sender = None
 

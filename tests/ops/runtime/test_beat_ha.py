@@ -250,6 +250,9 @@ def test_slots_a_dead_leader_claimed_but_never_saw_confirmed_are_sent_again_and_
     assert runs == {went: 1, never: 1}
     assert not BeatSlot.objects.filter(sent_at__isnull=True).exists()
     assert beat.slots_unconfirmed(3, since=taken_at - timedelta(days=1)) == []
+    # and each says in the admin which leader sent it again
+    assert all(reason.startswith("sent again in term 2 by b: the beat that claimed it in term 1 stopped")
+               for reason in BeatSlot.objects.values_list("reason", flat=True))
 
 
 @pytest.mark.django_db
@@ -408,8 +411,11 @@ def audit(claims: list[BeatSlot], runs: list[JobRun]) -> tuple[dict, list[str]]:
         row = rows[name]
         every = timedelta(seconds=row.every)
         for previous, claim in zip([None, *series], series):
-            # sent_at is the database's clock at the send; claimed_at, the deciding beat's "now"
-            late = (claim.sent_at or claim.claimed_at) - claim.slot
+            # sent_at is the database's clock at the send; claimed_at, the deciding beat's "now". A slot
+            # whose claimer died before the broker confirmed it is sent again by the next leader: its
+            # claimer decided it on time, and the next leader's send comes with the failover.
+            resent = claim.reason.startswith("sent again in term ")
+            late = (claim.claimed_at if resent or not claim.sent_at else claim.sent_at) - claim.slot
             where = (f"{name} @ {claim.slot:%H:%M:%S} (term {claim.term}, {claim.outcome}, "
                      f"late {late.total_seconds():.2f} s)")
             if late < timedelta(0):
@@ -458,6 +464,7 @@ def audit(claims: list[BeatSlot], runs: list[JobRun]) -> tuple[dict, list[str]]:
         "caught_up": outcomes["caught_up"],
         "skipped": outcomes["skipped"],
         "superseded": sum(c.superseded for c in claims),
+        "sent_again_by_next_leader": sum(1 for c in claims if c.reason.startswith("sent again in term ")),
         "runs": sum(runs_by_task[c.task_id] for c in claims if c.task_id),
         "duplicates": sum(n - 1 for task, n in runs_by_task.items() if task in claimed_tasks) + len(unclaimed),
         "missed_beyond_policy": sum(1 for p in problems if "missed" in p or "unaccounted" in p),
