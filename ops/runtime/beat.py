@@ -237,6 +237,15 @@ def slot_claim(
         return cursor.rowcount == 1
 
 
+SENT_AGAIN = "sent again in term "  # how the reason of a slot a later leader sent again begins
+
+
+def sent_again_reason(claimant: Claimant, claimed_term: int) -> str:
+    """The reason recorded on a slot that `claimant` sends again for a leader of `claimed_term`."""
+    return (f"{SENT_AGAIN}{claimant.term} by {claimant.holder}: the beat that claimed it in term "
+            f"{claimed_term} stopped before the broker confirmed it")
+
+
 def slot_sent(schedule: str, slot: datetime, *, note: str = "") -> None:
     """Note that the broker took the slot's message (at the database's time), and `note` as the
     slot's reason when there is one (a slot sent again by a later leader says so)."""

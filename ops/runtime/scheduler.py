@@ -277,8 +277,7 @@ class SlotSender:
                         "sent again as task %s (run once: a copy that already ran is dropped)",
                         claim.slot.isoformat(), claim.schedule, claim.term, claim.task_id)
             self._send(entry, claim.slot, kwargs, claim.task_id,
-                       note=f"sent again in term {self.claimant.term} by {self.claimant.holder}: the beat that "
-                            f"claimed it in term {claim.term} stopped before the broker confirmed it")
+                       note=beat.sent_again_reason(self.claimant, claim.term))
             sent += 1
         return sent
 

@@ -414,7 +414,7 @@ def audit(claims: list[BeatSlot], runs: list[JobRun]) -> tuple[dict, list[str]]:
             # sent_at is the database's clock at the send; claimed_at, the deciding beat's "now". A slot
             # whose claimer died before the broker confirmed it is sent again by the next leader: its
             # claimer decided it on time, and the next leader's send comes with the failover.
-            resent = claim.reason.startswith("sent again in term ")
+            resent = claim.reason.startswith(beat.SENT_AGAIN)
             late = (claim.claimed_at if resent or not claim.sent_at else claim.sent_at) - claim.slot
             where = (f"{name} @ {claim.slot:%H:%M:%S} (term {claim.term}, {claim.outcome}, "
                      f"late {late.total_seconds():.2f} s)")
@@ -464,7 +464,7 @@ def audit(claims: list[BeatSlot], runs: list[JobRun]) -> tuple[dict, list[str]]:
         "caught_up": outcomes["caught_up"],
         "skipped": outcomes["skipped"],
         "superseded": sum(c.superseded for c in claims),
-        "sent_again_by_next_leader": sum(1 for c in claims if c.reason.startswith("sent again in term ")),
+        "sent_again_by_next_leader": sum(1 for c in claims if c.reason.startswith(beat.SENT_AGAIN)),
         "runs": sum(runs_by_task[c.task_id] for c in claims if c.task_id),
         "duplicates": sum(n - 1 for task, n in runs_by_task.items() if task in claimed_tasks) + len(unclaimed),
         "missed_beyond_policy": sum(1 for p in problems if "missed" in p or "unaccounted" in p),
